@@ -1,0 +1,172 @@
+//! HTTP: router assembly, middleware, extractors, health and the server loop.
+
+pub mod auth;
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod server;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
+    timeout::TimeoutLayer,
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{accounts, config::Config, error::ApiError, state::AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hakikisha API", description = "Fact-checking platform and API-key vault."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Sign up, sign in, token refresh"),
+        (name = "users", description = "Profiles"),
+        (name = "admin", description = "Account management and operations (admins)"),
+        (name = "ops", description = "Health and readiness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route: each handler is registered together with its OpenAPI entry, so a
+/// route cannot exist without being in the spec.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .merge(accounts::routes::router())
+        .merge(accounts::admin::router())
+}
+
+/// The OpenAPI document served at `/api/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let (routes, spec) = api().split_for_parts();
+    let spec_json = spec.to_json().unwrap_or_else(|_| "{}".into());
+    let config = state.config.clone();
+    routes
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let spec = spec_json.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], spec) }
+            }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Applied per route, after routing, so `MatchedPath` is known to the metrics layer.
+        // Outermost first.
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                    header::COOKIE,
+                ]))
+                .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+                .layer(axum::middleware::from_fn(middleware::observe))
+                .layer(axum::middleware::from_fn(middleware::security_headers))
+                .layer(axum::middleware::from_fn(middleware::problemize))
+                .option_layer(cors(&config))
+                .layer(CompressionLayer::new())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    config.request_timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+                .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+                .layer(CatchPanicLayer::custom(panic_response)),
+        )
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+fn cors(config: &Config) -> Option<CorsLayer> {
+    if config.cors_origins.is_empty() {
+        return None;
+    }
+    let origin = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit"),
+                HeaderName::from_static("ratelimit-policy"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}

@@ -1,0 +1,66 @@
+//! `AppState`: everything a handler may reach, cloned cheaply into every request.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use crate::{
+    accounts::{password::Passwords, tokens::TokenKeys},
+    config::Config,
+    db::Db,
+    telemetry::ProcessStats,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration, read-only after start.
+    pub config: Arc<Config>,
+    /// The database (SQLite, or PostgreSQL primary + optional replica).
+    pub db: Db,
+    /// Signs and verifies access tokens.
+    pub tokens: Arc<TokenKeys>,
+    /// Argon2id hashing for account passwords (runs on the blocking pool).
+    pub passwords: Passwords,
+    /// Readiness and draining flags shared with the server loop.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Sampled process figures (memory, CPU, fds) for health and the dashboard.
+    pub process: Arc<ProcessStats>,
+}
+
+/// Whether the instance should receive traffic.
+pub struct Lifecycle {
+    pub started_at: Instant,
+    pub started_at_utc: chrono::DateTime<chrono::Utc>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            started_at: Instant::now(),
+            started_at_utc: chrono::Utc::now(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
