@@ -194,7 +194,12 @@ impl IntoResponse for ApiError {
             Self::Timeout => Some(1),
             _ => None,
         };
-        problem_response(self.status(), &self.problem(), retry_after)
+        let mut res = problem_response(self.status(), &self.problem(), retry_after);
+        if matches!(self, Self::Unauthorized(_)) {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
     }
 }
 

@@ -281,11 +281,12 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             // PostgreSQL: connection exceptions (08xxx), shutdown/cannot-connect (57P0x),
             // statement timeout (57014), too many connections (53300), database not accepting
-            // connections (55000 in some states). SQLite: BUSY (5), LOCKED (6).
+            // connections (55000). SQLite: BUSY (5), LOCKED (6).
             code.starts_with("08")
                 || code.starts_with("57P")
                 || code == "57014"
                 || code == "53300"
+                || code == "55000"
                 || code == "5"
                 || code == "6"
         }

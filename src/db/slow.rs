@@ -87,9 +87,11 @@ mod tests {
     #[test]
     fn aggregates_per_statement_and_stays_bounded() {
         let log = SlowQueryLog::new(2);
-        log.record("a", "SELECT  1\n FROM x", Duration::from_millis(1500));
-        log.record("a", "SELECT 1 FROM x", Duration::from_millis(2500));
         log.record("b", "SELECT 2", Duration::from_millis(1200));
+        log.record("a", "SELECT  1\n FROM x", Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(2));
+        log.record("a", "SELECT 1 FROM x", Duration::from_millis(2500));
+        // Full: the statement seen least recently (b) makes room.
         log.record("c", "SELECT 3", Duration::from_millis(1100));
         let rows = log.snapshot();
         assert_eq!(rows.len(), 2);
@@ -99,5 +101,6 @@ mod tests {
         assert!((a.max_ms - 2500.0).abs() < 1.0);
         assert!((a.total_ms - 4000.0).abs() < 1.0);
         assert!(rows.iter().any(|r| r.name == "c"));
+        assert!(!rows.iter().any(|r| r.name == "b"));
     }
 }
