@@ -261,3 +261,25 @@ async fn an_unreachable_database_gives_503_and_the_service_recovers() {
     .execute(&admin)
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("HEADER_READ_TIMEOUT", "500ms")])
+        .await
+        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed by the header timeout: {:?}",
+        started.elapsed()
+    );
+    // Meanwhile normal requests are served.
+    app.get("/api/health", None).await.assert(200);
+}
