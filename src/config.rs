@@ -80,6 +80,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub shutdown_drain_delay: Duration,
     pub health_details_public: bool,
+    pub view_flush_interval: Duration,
+    pub trending_interval: Duration,
 }
 
 impl Config {
@@ -222,12 +224,20 @@ impl Config {
                 if prod { "5s" } else { "0s" },
             )?,
             health_details_public: boolean(&get, "HEALTH_DETAILS_PUBLIC", false)?,
+            view_flush_interval: duration(&get, "VIEW_FLUSH_INTERVAL", "10s")?,
+            trending_interval: duration(&get, "TRENDING_INTERVAL", "5m")?,
         };
         if config.password_hashing.memory_kib < 8 * config.password_hashing.parallelism {
             return Err(err(
                 "PASSWORD_HASH_MEMORY_KIB",
                 "must be at least 8 x PASSWORD_HASH_PARALLELISM",
             ));
+        }
+        if config.view_flush_interval.is_zero() {
+            return Err(err("VIEW_FLUSH_INTERVAL", "must be above zero"));
+        }
+        if config.trending_interval.is_zero() {
+            return Err(err("TRENDING_INTERVAL", "must be above zero"));
         }
         if prod && config.password_hashing.memory_kib < 19_456 {
             return Err(err(

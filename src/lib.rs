@@ -3,10 +3,14 @@
 //! [`run`] is the whole application; `main` and the integration tests both call it.
 
 pub mod accounts;
+pub mod blogs;
+pub mod claims;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod http;
+pub mod notifications;
 pub mod pagination;
 pub mod state;
 pub mod telemetry;
@@ -58,6 +62,7 @@ impl App {
             db,
             lifecycle: Arc::new(Lifecycle::default()),
             process: Arc::new(ProcessStats::new()),
+            views: Arc::new(claims::trending::ViewBuffer::default()),
         };
         bootstrap_admin(&state).await?;
         Ok(Self { state, metrics })
@@ -112,6 +117,9 @@ impl App {
         )
         .await;
         background.shutdown().await;
+        if let Err(e) = state.views.flush(&state.db).await {
+            tracing::warn!(error = %e, "could not write the last view counts");
+        }
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -21,6 +21,8 @@ enum Command {
     Migrate,
     /// Create an admin account. The password is read from stdin with --password-stdin,
     /// else from ADMIN_PASSWORD.
+    /// Fill the database with realistic demo data (users, claims, verdicts, articles).
+    DemoData(hakikisha::demo::DemoOptions),
     CreateAdmin {
         #[arg(long)]
         email: String,
@@ -47,6 +49,12 @@ async fn main() -> anyhow::Result<()> {
             let db = hakikisha::db::Db::connect(&config).await?;
             db.migrate(config.db_connect_timeout).await?;
             tracing::info!(database = db.kind(), "migrations applied");
+            Ok(())
+        }
+        Command::DemoData(options) => {
+            let app = App::build(config).await?;
+            hakikisha::demo::run(&app.state, &options).await?;
+            app.state.db.close().await;
             Ok(())
         }
         Command::CreateAdmin {

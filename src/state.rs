@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     accounts::{password::Passwords, tokens::TokenKeys},
+    claims::trending::ViewBuffer,
     config::Config,
     db::Db,
     telemetry::ProcessStats,
@@ -29,6 +30,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Sampled process figures (memory, CPU, fds) for health and the dashboard.
     pub process: Arc<ProcessStats>,
+    /// View counts of claims and articles, buffered in memory and written in batches.
+    pub views: Arc<ViewBuffer>,
 }
 
 /// Whether the instance should receive traffic.

@@ -23,9 +23,9 @@ macro_rules! migrations {
 }
 
 pub fn sqlite() -> Migrator {
-    migrations!("sqlite": 1 "accounts")
+    migrations!("sqlite": 1 "accounts", 2 "factcheck")
 }
 
 pub fn postgres() -> Migrator {
-    migrations!("postgres": 1 "accounts")
+    migrations!("postgres": 1 "accounts", 2 "factcheck")
 }

@@ -41,6 +41,10 @@ use crate::{accounts, config::Config, error::ApiError, state::AppState};
         (name = "auth", description = "Sign up, sign in, token refresh"),
         (name = "users", description = "Profiles"),
         (name = "admin", description = "Account management and operations (admins)"),
+        (name = "claims", description = "Claims: submit, read verdicts, search, trending"),
+        (name = "review", description = "Fact-checkers' review workflow"),
+        (name = "blogs", description = "Articles by fact-checkers"),
+        (name = "notifications", description = "In-app notifications"),
         (name = "ops", description = "Health and readiness"),
     )
 )]
@@ -70,6 +74,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(accounts::routes::router())
         .merge(accounts::admin::router())
+        .merge(crate::claims::routes::router())
+        .merge(crate::claims::review::router())
+        .merge(crate::blogs::router())
+        .merge(crate::notifications::router())
 }
 
 /// The OpenAPI document served at `/api/openapi.json`.

@@ -26,6 +26,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub db: Db,
+    pub state: hakikisha::state::AppState,
     pub backend: Backend,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -99,6 +100,7 @@ pub fn base_env() -> HashMap<String, String> {
         ("DB_POOL_MIN", "0"),
         ("DB_POOL_MAX", "5"),
         ("DB_CONNECT_TIMEOUT", "10s"),
+        ("TRENDING_INTERVAL", "1h"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -159,6 +161,7 @@ impl TestApp {
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let app = App::build(config).await.expect("app builds");
         let db = app.state.db.clone();
+        let state = app.state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -175,6 +178,7 @@ impl TestApp {
                 .build()
                 .expect("client"),
             db,
+            state,
             backend,
             shutdown: Some(tx),
             server: Some(server),
@@ -275,6 +279,42 @@ impl TestApp {
         }
         let token = self.token(username, PASSWORD).await;
         (user, token)
+    }
+}
+
+impl TestApp {
+    /// Submits a claim as `token`'s user; returns the claim id.
+    pub async fn submit_claim(&self, token: &str, text: &str, category: &str) -> String {
+        let res = self
+            .post(
+                "/api/v1/claims",
+                Some(token),
+                json!({"text": text, "category": category}),
+            )
+            .await;
+        res.assert(201);
+        res.body["id"].as_str().expect("claim id").to_owned()
+    }
+
+    /// Assigns and resolves a claim as `checker` with `label`.
+    pub async fn resolve_claim(&self, checker: &str, id: &str, label: &str) -> Resp {
+        self.post(
+            &format!("/api/v1/claims/{id}/assign"),
+            Some(checker),
+            json!({}),
+        )
+        .await
+        .assert(200);
+        let res = self
+            .post(
+                &format!("/api/v1/claims/{id}/verdict"),
+                Some(checker),
+                json!({"label": label, "explanation": "Checked against the official records.",
+                       "sources": [{"title": "Records", "url": "https://example.org/records"}]}),
+            )
+            .await;
+        res.assert(200);
+        res
     }
 }
 

@@ -5,4 +5,6 @@ mod helpers;
 mod accounts;
 mod authz;
 mod bad_input;
+mod blogs;
+mod claims;
 mod ops;

@@ -26,6 +26,28 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/api/v1/admin/users/{id}/reject"),
     ("post", "/api/v1/admin/users/{id}/suspend"),
     ("post", "/api/v1/admin/users/{id}/activate"),
+    ("post", "/api/v1/claims"),
+    ("get", "/api/v1/claims"),
+    ("get", "/api/v1/claims/mine"),
+    ("get", "/api/v1/claims/trending"),
+    ("get", "/api/v1/claims/search"),
+    ("get", "/api/v1/claims/{id}"),
+    ("get", "/api/v1/review/queue"),
+    ("post", "/api/v1/claims/{id}/assign"),
+    ("post", "/api/v1/claims/{id}/verdict"),
+    ("post", "/api/v1/claims/{id}/ai-verdict/approve"),
+    ("get", "/api/v1/blogs"),
+    ("get", "/api/v1/blogs/trending"),
+    ("get", "/api/v1/blogs/search"),
+    ("get", "/api/v1/blogs/{id}"),
+    ("post", "/api/v1/blogs"),
+    ("patch", "/api/v1/blogs/{id}"),
+    ("delete", "/api/v1/blogs/{id}"),
+    ("post", "/api/v1/blogs/{id}/publish"),
+    ("get", "/api/v1/notifications"),
+    ("get", "/api/v1/notifications/unread-count"),
+    ("post", "/api/v1/notifications/{id}/read"),
+    ("post", "/api/v1/notifications/read-all"),
     ("get", "/health"),
     ("get", "/api/health"),
     ("get", "/livez"),
@@ -66,7 +88,7 @@ backend_tests! {
         // And nothing in the spec points at a route the server does not have.
         for (path, item) in paths {
             for method in item.as_object().unwrap().keys() {
-                let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string()).replace("{username}", "nobody");
+                let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string()).replace("{username}", "nobody").replace("{slug}", "nothing");
                 let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
                 let res = app.request(m, &concrete, None, Some(Value::Object(Default::default()))).await;
                 assert_ne!(res.status.as_u16(), 405, "{method} {path} is in the spec but not routed");

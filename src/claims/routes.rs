@@ -1,0 +1,262 @@
+//! Public and submitter endpoints: submit, list, mine, trending, search, detail.
+
+use axum::{extract::State, http::StatusCode};
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{Category, ClaimStatus, ClaimView, store};
+use crate::{
+    accounts::User,
+    error::{ApiError, ApiResult, Problem},
+    http::{
+        auth::{AuthUser, MaybeUser},
+        extract::{Json, Path, Query},
+    },
+    pagination::{Cursor, Page, PageParams},
+    state::AppState,
+    validate::{self, Validator},
+};
+
+pub const MAX_TEXT: usize = 5_000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit, list_public))
+        .routes(routes!(mine))
+        .routes(routes!(trending))
+        .routes(routes!(search))
+        .routes(routes!(detail))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitClaim {
+    /// The claim, up to 5,000 characters.
+    pub text: String,
+    pub category: Category,
+    pub source_url: Option<String>,
+    pub video_url: Option<String>,
+    pub image_url: Option<String>,
+}
+
+/// Attaches verdicts to claims with one query.
+pub(crate) async fn with_verdicts(
+    state: &AppState,
+    claims: Vec<super::Claim>,
+    show_all: bool,
+) -> ApiResult<Vec<ClaimView>> {
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.id).collect();
+    let verdicts = store::verdicts_for(&state.db, &ids).await?;
+    Ok(claims
+        .into_iter()
+        .map(|c| {
+            let mine = verdicts
+                .iter()
+                .filter(|v| v.claim_id == c.id)
+                .cloned()
+                .collect();
+            ClaimView::new(c, mine, show_all)
+        })
+        .collect())
+}
+
+/// Submit a claim for fact-checking. It starts `pending` and waits in the review queue (the AI
+/// gives a first verdict when it is configured).
+#[utoipa::path(post, path = "/api/v1/claims", tag = "claims", security(("bearer" = [])),
+    request_body = SubmitClaim,
+    responses((status = 201, body = ClaimView), (status = 401, body = Problem), (status = 422, body = Problem)))]
+async fn submit(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(req): Json<SubmitClaim>,
+) -> ApiResult<(StatusCode, Json<ClaimView>)> {
+    let text = req.text.trim();
+    let mut v = Validator::new();
+    v.add("text", validate::text(text, 10, MAX_TEXT));
+    for (field, value) in [
+        ("source_url", &req.source_url),
+        ("video_url", &req.video_url),
+        ("image_url", &req.image_url),
+    ] {
+        if let Some(url) = value {
+            v.add(field, validate::url(url));
+        }
+    }
+    v.finish()?;
+    // A text submitted before by others is likely spreading: rank it higher in the queue.
+    let repeats = store::count_same_text(&state.db, text).await?;
+    let new = store::NewClaim {
+        text,
+        category: req.category,
+        source_url: req.source_url.as_deref(),
+        video_url: req.video_url.as_deref(),
+        image_url: req.image_url.as_deref(),
+        priority: repeats.min(100) as i32,
+    };
+    let claim = store::insert(&state.db, user.id, &new, Utc::now()).await?;
+    tracing::info!(claim_id = %claim.id, user_id = %user.id, "claim submitted");
+    Ok((
+        StatusCode::CREATED,
+        Json(ClaimView::new(claim, Vec::new(), true)),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PublicListParams {
+    pub category: Option<Category>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Resolved claims, newest verdict first (public).
+#[utoipa::path(get, path = "/api/v1/claims", tag = "claims",
+    params(PublicListParams),
+    responses((status = 200, body = Page<ClaimView>), (status = 400, body = Problem)))]
+async fn list_public(
+    State(state): State<AppState>,
+    Query(p): Query<PublicListParams>,
+) -> ApiResult<Json<Page<ClaimView>>> {
+    let (limit, cursor) = PageParams {
+        limit: p.limit,
+        cursor: p.cursor,
+    }
+    .parse()?;
+    let rows = store::list_public(&state.db, p.category, cursor, limit).await?;
+    let page = Page::from_rows(rows, limit, |c| Cursor {
+        created_at: c.resolved_at.unwrap_or(c.created_at),
+        id: c.id,
+    });
+    Ok(Json(Page {
+        items: with_verdicts(&state, page.items, false).await?,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// The signed-in user's claims with their current status, newest first.
+#[utoipa::path(get, path = "/api/v1/claims/mine", tag = "claims", security(("bearer" = [])),
+    params(PageParams),
+    responses((status = 200, body = Page<ClaimView>), (status = 401, body = Problem)))]
+async fn mine(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(p): Query<PageParams>,
+) -> ApiResult<Json<Page<ClaimView>>> {
+    let (limit, cursor) = p.parse()?;
+    let rows = store::list_mine(&state.db, user.id, cursor, limit).await?;
+    let page = Page::from_rows(rows, limit, |c| Cursor {
+        created_at: c.created_at,
+        id: c.id,
+    });
+    Ok(Json(Page {
+        items: with_verdicts(&state, page.items, true).await?,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LimitParams {
+    /// 1 to 100, default 20.
+    pub limit: Option<u32>,
+}
+
+impl LimitParams {
+    pub fn limit(&self) -> ApiResult<u32> {
+        PageParams {
+            limit: self.limit,
+            cursor: None,
+        }
+        .parse()
+        .map(|(l, _)| l)
+    }
+}
+
+/// Trending resolved claims (recomputed every few minutes).
+#[utoipa::path(get, path = "/api/v1/claims/trending", tag = "claims",
+    params(LimitParams),
+    responses((status = 200, body = Page<ClaimView>)))]
+async fn trending(
+    State(state): State<AppState>,
+    Query(p): Query<LimitParams>,
+) -> ApiResult<Json<Page<ClaimView>>> {
+    let rows = store::trending(&state.db, p.limit()?).await?;
+    Ok(Json(Page {
+        items: with_verdicts(&state, rows, false).await?,
+        next_cursor: None,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// Words to look for (all must match).
+    pub q: String,
+    pub limit: Option<u32>,
+}
+
+pub(crate) fn search_query(q: &str) -> ApiResult<&str> {
+    let q = q.trim();
+    Validator::new()
+        .add("q", validate::text(q, 2, 200))
+        .finish()?;
+    Ok(q)
+}
+
+/// Full-text search over resolved claims, best match first.
+#[utoipa::path(get, path = "/api/v1/claims/search", tag = "claims",
+    params(SearchParams),
+    responses((status = 200, body = Page<ClaimView>), (status = 422, body = Problem)))]
+async fn search(
+    State(state): State<AppState>,
+    Query(p): Query<SearchParams>,
+) -> ApiResult<Json<Page<ClaimView>>> {
+    let q = search_query(&p.q)?;
+    let limit = LimitParams { limit: p.limit }.limit()?;
+    let rows = store::search(&state.db, q, limit).await?;
+    Ok(Json(Page {
+        items: with_verdicts(&state, rows, false).await?,
+        next_cursor: None,
+    }))
+}
+
+/// Who may see a claim that is not resolved yet: its submitter and reviewers.
+pub(crate) fn may_see(claim: &super::Claim, user: Option<&User>) -> bool {
+    claim.status == ClaimStatus::Resolved
+        || user.is_some_and(|u| u.role.is_reviewer() || Some(u.id) == claim.submitter_id)
+}
+
+/// One claim with its verdict. Resolved claims are public; others are visible to their
+/// submitter and to reviewers only.
+#[utoipa::path(get, path = "/api/v1/claims/{id}", tag = "claims",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = ClaimView), (status = 404, body = Problem)))]
+async fn detail(
+    State(state): State<AppState>,
+    MaybeUser(user): MaybeUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<ClaimView>> {
+    let claim = store::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("claim"))?;
+    if !may_see(&claim, user.as_ref()) {
+        return Err(ApiError::not_found("claim"));
+    }
+    let privileged = user
+        .as_ref()
+        .is_some_and(|u| u.role.is_reviewer() || Some(u.id) == claim.submitter_id);
+    if claim.status == ClaimStatus::Resolved {
+        state.views.record(store::ViewTable::Claims, claim.id);
+    }
+    let mut views = with_verdicts(&state, vec![claim], privileged).await?;
+    views
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("claim"))
+}

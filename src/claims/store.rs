@@ -1,0 +1,417 @@
+//! SQL for claims and verdicts. Identical text on both backends except full-text search.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json as SqlJson;
+use uuid::Uuid;
+
+use super::{Category, Claim, ClaimStatus, Label, Source, Verdict, VerdictKind, text_hash};
+use crate::{
+    db::{Backend, Db},
+    db_read, db_write, notifications,
+    pagination::Cursor,
+};
+
+macro_rules! claim_columns {
+    () => {
+        "id, submitter_id, text, category, source_url, video_url, image_url, status, priority, assigned_to, \
+         assigned_at, rejection_reason, view_count, created_at, updated_at, resolved_at"
+    };
+}
+
+pub struct NewClaim<'a> {
+    pub text: &'a str,
+    pub category: Category,
+    pub source_url: Option<&'a str>,
+    pub video_url: Option<&'a str>,
+    pub image_url: Option<&'a str>,
+    /// Review priority; repeat submissions of a text already in the system rank higher.
+    pub priority: i32,
+}
+
+pub async fn insert(
+    db: &Db,
+    submitter: Uuid,
+    new: &NewClaim<'_>,
+    now: DateTime<Utc>,
+) -> Result<Claim, sqlx::Error> {
+    const SQL: &str = concat!(
+        "INSERT INTO claims (id, submitter_id, text, text_hash, category, source_url, video_url, image_url, status, priority, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $10) RETURNING ",
+        claim_columns!()
+    );
+    db_write!(db, "claims.insert", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(Uuid::new_v4())
+            .bind(submitter)
+            .bind(new.text)
+            .bind(text_hash(new.text))
+            .bind(new.category.as_str())
+            .bind(new.source_url)
+            .bind(new.video_url)
+            .bind(new.image_url)
+            .bind(new.priority)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+    })
+}
+
+/// How many claims already carry this text.
+pub async fn count_same_text(db: &Db, text: &str) -> Result<i64, sqlx::Error> {
+    const SQL: &str = "SELECT COUNT(*) FROM claims WHERE text_hash = $1";
+    db_read!(db, "claims.count_same_text", SQL, |pool| {
+        sqlx::query_scalar(SQL)
+            .bind(text_hash(text))
+            .fetch_one(pool)
+            .await
+    })
+}
+
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<Claim>, sqlx::Error> {
+    const SQL: &str = concat!("SELECT ", claim_columns!(), " FROM claims WHERE id = $1");
+    db_read!(db, "claims.by_id", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    })
+}
+
+/// Fresh read from the primary, for the workflow's read-modify-write steps.
+pub async fn get_primary(db: &Db, id: Uuid) -> Result<Option<Claim>, sqlx::Error> {
+    const SQL: &str = concat!("SELECT ", claim_columns!(), " FROM claims WHERE id = $1");
+    db_write!(db, "claims.by_id_primary", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    })
+}
+
+/// Verdicts of the given claims (one query, whatever the count).
+pub async fn verdicts_for(db: &Db, claim_ids: &[Uuid]) -> Result<Vec<Verdict>, sqlx::Error> {
+    const SQL: &str = "SELECT claim_id, kind, label, explanation, sources, confidence, created_at, updated_at FROM verdicts WHERE claim_id IN (...)";
+    if claim_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    db_read!(db, "verdicts.for_claims", SQL, |pool| {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT claim_id, kind, label, explanation, sources, confidence, created_at, updated_at FROM verdicts WHERE claim_id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for id in claim_ids {
+            list.push_bind(*id);
+        }
+        qb.push(")");
+        qb.build_query_as::<Verdict>().fetch_all(pool).await
+    })
+}
+
+/// Resolved claims, newest verdict first, optionally of one category; `limit + 1` rows.
+pub async fn list_public(
+    db: &Db,
+    category: Option<Category>,
+    cursor: Option<Cursor>,
+    limit: u32,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    const ALL: &str = concat!(
+        "SELECT ",
+        claim_columns!(),
+        " FROM claims WHERE status = 'resolved'
+           AND ($1 IS NULL OR resolved_at < $1 OR (resolved_at = $1 AND id < $2))
+         ORDER BY resolved_at DESC, id DESC LIMIT $3"
+    );
+    const BY_CATEGORY: &str = concat!(
+        "SELECT ",
+        claim_columns!(),
+        " FROM claims WHERE status = 'resolved' AND category = $4
+           AND ($1 IS NULL OR resolved_at < $1 OR (resolved_at = $1 AND id < $2))
+         ORDER BY resolved_at DESC, id DESC LIMIT $3"
+    );
+    let sql = if category.is_some() { BY_CATEGORY } else { ALL };
+    db_read!(db, "claims.list_public", sql, |pool| {
+        let mut q = sqlx::query_as::<_, Claim>(sql)
+            .bind(cursor.map(|c| c.created_at))
+            .bind(cursor.map(|c| c.id))
+            .bind(i64::from(limit) + 1);
+        if let Some(c) = category {
+            q = q.bind(c.as_str());
+        }
+        q.fetch_all(pool).await
+    })
+}
+
+/// A user's own claims, newest first; `limit + 1` rows.
+pub async fn list_mine(
+    db: &Db,
+    user: Uuid,
+    cursor: Option<Cursor>,
+    limit: u32,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        claim_columns!(),
+        " FROM claims WHERE submitter_id = $1
+           AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    );
+    db_read!(db, "claims.list_mine", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(user)
+            .bind(cursor.map(|c| c.created_at))
+            .bind(cursor.map(|c| c.id))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(pool)
+            .await
+    })
+}
+
+/// The review queue position `(priority, created_at, id)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueuePos {
+    pub priority: i32,
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// Open claims by priority, then oldest; `limit + 1` rows.
+pub async fn queue(
+    db: &Db,
+    after: Option<QueuePos>,
+    limit: u32,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    const SQL: &str = concat!(
+        "SELECT ", claim_columns!(), " FROM claims
+         WHERE status IN ('pending', 'ai_verdict', 'ai_failed', 'human_review')
+           AND ($1 IS NULL OR priority < $1 OR (priority = $1 AND (created_at > $2 OR (created_at = $2 AND id > $3))))
+         ORDER BY priority DESC, created_at, id LIMIT $4"
+    );
+    db_write!(db, "claims.queue", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(after.map(|p| p.priority))
+            .bind(after.map(|p| p.created_at))
+            .bind(after.map(|p| p.id))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(pool)
+            .await
+    })
+}
+
+/// Full-text search over resolved claims, best match first.
+pub async fn search(db: &Db, q: &str, limit: u32) -> Result<Vec<Claim>, sqlx::Error> {
+    const PG: &str = concat!(
+        "SELECT ",
+        claim_columns!(),
+        " FROM claims, websearch_to_tsquery('english', $1) query
+         WHERE status = 'resolved' AND search @@ query
+         ORDER BY ts_rank(search, query) DESC, id DESC LIMIT $2"
+    );
+    const SQLITE: &str = "SELECT c.id, c.submitter_id, c.text, c.category, c.source_url, c.video_url, c.image_url, c.status, c.priority,
+                c.assigned_to, c.assigned_at, c.rejection_reason, c.view_count, c.created_at, c.updated_at, c.resolved_at
+         FROM claims_fts f JOIN claims c ON c.rowid = f.rowid
+         WHERE claims_fts MATCH $1 AND c.status = 'resolved'
+         ORDER BY bm25(claims_fts), c.id DESC LIMIT $2";
+    let (sql, query) = match db.backend() {
+        Backend::Sqlite(_) => (SQLITE, fts5_query(q)),
+        Backend::Postgres(_) => (PG, q.to_owned()),
+    };
+    if query.is_empty() {
+        return Ok(Vec::new());
+    }
+    db_read!(db, "claims.search", sql, |pool| {
+        sqlx::query_as::<_, Claim>(sql)
+            .bind(&query)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+    })
+}
+
+/// Turns user input into a safe FTS5 query: every word quoted (no operators), all required.
+pub fn fts5_query(q: &str) -> String {
+    q.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(16)
+        .map(|w| format!("\"{w}\""))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Trending claims as last computed, best first. Reads the small trending table and joins by
+/// primary key: no scan of `claims`.
+pub async fn trending(db: &Db, limit: u32) -> Result<Vec<Claim>, sqlx::Error> {
+    const SQL: &str = "SELECT c.id, c.submitter_id, c.text, c.category, c.source_url, c.video_url, c.image_url, c.status, c.priority,
+                c.assigned_to, c.assigned_at, c.rejection_reason, c.view_count, c.created_at, c.updated_at, c.resolved_at
+         FROM claim_trending t JOIN claims c ON c.id = t.claim_id
+         WHERE c.status = 'resolved'
+         ORDER BY t.score DESC, c.id DESC LIMIT $1";
+    db_read!(db, "claims.trending", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+    })
+}
+
+/// Moves a claim to `human_review` under `reviewer`, only from the status it was read in.
+pub async fn assign(
+    db: &Db,
+    id: Uuid,
+    from: ClaimStatus,
+    reviewer: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Claim>, sqlx::Error> {
+    const SQL: &str = concat!(
+        "UPDATE claims SET status = 'human_review', assigned_to = $3, assigned_at = $4, updated_at = $4
+         WHERE id = $1 AND status = $2 RETURNING ",
+        claim_columns!()
+    );
+    db_write!(db, "claims.assign", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(id)
+            .bind(from.as_str())
+            .bind(reviewer)
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+    })
+}
+
+pub async fn reject(
+    db: &Db,
+    id: Uuid,
+    from: ClaimStatus,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Claim>, sqlx::Error> {
+    const SQL: &str = concat!(
+        "UPDATE claims SET status = 'rejected', rejection_reason = $3, updated_at = $4
+         WHERE id = $1 AND status = $2 RETURNING ",
+        claim_columns!()
+    );
+    db_write!(db, "claims.reject", SQL, |pool| {
+        sqlx::query_as::<_, Claim>(SQL)
+            .bind(id)
+            .bind(from.as_str())
+            .bind(reason)
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+    })
+}
+
+pub struct VerdictInput<'a> {
+    pub kind: VerdictKind,
+    pub label: Label,
+    pub explanation: &'a str,
+    pub sources: &'a [Source],
+    pub confidence: Option<f64>,
+    pub author: Option<Uuid>,
+}
+
+/// Records a verdict (insert or replace its kind) and, for a human verdict, resolves the claim
+/// and notifies the submitter, all in one transaction. Returns `None` when the claim left
+/// `human_review` meanwhile.
+pub async fn record_verdict(
+    db: &Db,
+    claim: &Claim,
+    v: &VerdictInput<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<Claim>, sqlx::Error> {
+    const UPSERT: &str = "INSERT INTO verdicts (id, claim_id, kind, label, explanation, sources, confidence, author_id, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+         ON CONFLICT (claim_id, kind) DO UPDATE SET label = excluded.label, explanation = excluded.explanation,
+            sources = excluded.sources, confidence = excluded.confidence, author_id = excluded.author_id, updated_at = excluded.updated_at";
+    const RESOLVE: &str = concat!(
+        "UPDATE claims SET status = 'resolved', resolved_at = $2, updated_at = $2 WHERE id = $1 AND status = 'human_review' RETURNING ",
+        claim_columns!()
+    );
+    let resolve = v.kind == VerdictKind::Human;
+    db_write!(db, "claims.record_verdict", UPSERT, |pool| {
+        let mut tx = pool.begin().await?;
+        let updated = if resolve {
+            match sqlx::query_as::<_, Claim>(RESOLVE)
+                .bind(claim.id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(c) => Some(c),
+                None => return Ok(None),
+            }
+        } else {
+            Some(claim.clone())
+        };
+        sqlx::query(UPSERT)
+            .bind(Uuid::new_v4())
+            .bind(claim.id)
+            .bind(v.kind.as_str())
+            .bind(v.label.as_str())
+            .bind(v.explanation)
+            .bind(SqlJson(v.sources))
+            .bind(v.confidence)
+            .bind(v.author)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if let (true, Some(submitter)) = (resolve, claim.submitter_id) {
+            sqlx::query(notifications::INSERT_SQL)
+                .bind(Uuid::new_v4())
+                .bind(submitter)
+                .bind("verdict_ready")
+                .bind("Your claim has a verdict")
+                .bind(format!("Verdict: {}", v.label))
+                .bind(Some(claim.id))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
+    })
+}
+
+/// Adds buffered view counts in one transaction.
+pub async fn add_views(
+    db: &Db,
+    table: ViewTable,
+    counts: &[(Uuid, i64)],
+) -> Result<(), sqlx::Error> {
+    const CLAIMS: &str = "UPDATE claims SET view_count = view_count + $2 WHERE id = $1";
+    const BLOGS: &str = "UPDATE blogs SET view_count = view_count + $2 WHERE id = $1";
+    let sql = match table {
+        ViewTable::Claims => CLAIMS,
+        ViewTable::Blogs => BLOGS,
+    };
+    db_write!(db, "views.flush", sql, |pool| {
+        let mut tx = pool.begin().await?;
+        for (id, n) in counts {
+            sqlx::query(sql)
+                .bind(*id)
+                .bind(*n)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ViewTable {
+    Claims,
+    Blogs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fts5_queries_cannot_inject_operators() {
+        assert_eq!(
+            fts5_query("water OR \"boils\" NEAR(x)"),
+            "\"water\" \"OR\" \"boils\" \"NEAR\" \"x\""
+        );
+        assert_eq!(fts5_query("  *** "), "");
+    }
+}
