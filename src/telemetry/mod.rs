@@ -39,29 +39,24 @@ pub fn init_tracing(format: LogFormat) {
     let _ = result;
 }
 
-static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
-/// Installs the global Prometheus recorder once per process and returns its handle.
+/// Installs the global Prometheus recorder once per process and returns its handle. Concurrent
+/// callers (tests start many apps in one process) wait for the first and share its handle.
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    if let Some(h) = RECORDER.get() {
-        return Ok(h.clone());
-    }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
-        .build_recorder();
-    let handle = recorder.handle();
-    match metrics::set_global_recorder(recorder) {
-        Ok(()) => {
+    RECORDER
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|_| "a foreign metrics recorder is installed".to_owned())?;
             describe_metrics();
-            let _ = RECORDER.set(handle.clone());
             Ok(handle)
-        }
-        // Lost a race with another app in the same process: use the winner's handle.
-        Err(_) => RECORDER
-            .get()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("a foreign metrics recorder is installed")),
-    }
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 fn describe_metrics() {
