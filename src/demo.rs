@@ -54,6 +54,11 @@ const SUBJECTS: &[&str] = &[
     "The new tax",
     "A famous athlete",
 ];
+const PLACES: &[&str] = &[
+    "Nairobi", "Mombasa", "Kisumu", "Nakuru", "Eldoret", "Thika", "Malindi", "Kitale", "Garissa", "Kakamega", "Nyeri", "Machakos",
+    "Meru", "Lamu", "Naivasha", "Kericho", "Embu", "Isiolo", "Voi", "Bungoma", "Kampala", "Arusha", "Dodoma", "Kigali", "Mwanza",
+    "Jinja", "Gulu", "Moshi", "Tanga", "Busia",
+];
 const PREDICATES: &[&str] = &[
     "was built with foreign loans worth twice the official figure",
     "will double school fees next term",
@@ -166,8 +171,9 @@ pub async fn run(state: &AppState, opts: &DemoOptions) -> anyhow::Result<()> {
         for _ in 0..n {
             let id = Uuid::new_v4();
             let text = format!(
-                "{} {} ({})",
+                "{} in {} {} (post {})",
                 SUBJECTS.choose(&mut rng).copied().unwrap_or("A claim"),
+                PLACES.choose(&mut rng).copied().unwrap_or("Nairobi"),
                 PREDICATES.choose(&mut rng).copied().unwrap_or("is true"),
                 rng.random_range(1..5000)
             );

@@ -108,61 +108,52 @@ pub async fn verdicts_for(db: &Db, claim_ids: &[Uuid]) -> Result<Vec<Verdict>, s
 }
 
 /// Resolved claims, newest verdict first, optionally of one category; `limit + 1` rows.
-pub async fn list_public(
-    db: &Db,
-    category: Option<Category>,
-    cursor: Option<Cursor>,
-    limit: u32,
-) -> Result<Vec<Claim>, sqlx::Error> {
-    const ALL: &str = concat!(
-        "SELECT ",
-        claim_columns!(),
-        " FROM claims WHERE status = 'resolved'
-           AND ($1 IS NULL OR resolved_at < $1 OR (resolved_at = $1 AND id < $2))
-         ORDER BY resolved_at DESC, id DESC LIMIT $3"
-    );
-    const BY_CATEGORY: &str = concat!(
-        "SELECT ",
-        claim_columns!(),
-        " FROM claims WHERE status = 'resolved' AND category = $4
-           AND ($1 IS NULL OR resolved_at < $1 OR (resolved_at = $1 AND id < $2))
-         ORDER BY resolved_at DESC, id DESC LIMIT $3"
-    );
-    let sql = if category.is_some() { BY_CATEGORY } else { ALL };
+/// First pages and next pages are separate statements so that both planners use the keyset
+/// condition `(resolved_at, id) < (cursor)` as an index bound.
+pub async fn list_public(db: &Db, category: Option<Category>, cursor: Option<Cursor>, limit: u32) -> Result<Vec<Claim>, sqlx::Error> {
+    macro_rules! public_list {
+        ($filter:literal) => {
+            concat!("SELECT ", claim_columns!(), " FROM claims WHERE status = 'resolved' ", $filter, " ORDER BY resolved_at DESC, id DESC LIMIT $1")
+        };
+    }
+    const FIRST: &str = public_list!("");
+    const FIRST_CATEGORY: &str = public_list!("AND category = $2");
+    const NEXT: &str = public_list!("AND (resolved_at, id) < ($2, $3)");
+    const NEXT_CATEGORY: &str = public_list!("AND category = $2 AND (resolved_at, id) < ($3, $4)");
+    let sql = match (category.is_some(), cursor.is_some()) {
+        (false, false) => FIRST,
+        (true, false) => FIRST_CATEGORY,
+        (false, true) => NEXT,
+        (true, true) => NEXT_CATEGORY,
+    };
     db_read!(db, "claims.list_public", sql, |pool| {
-        let mut q = sqlx::query_as::<_, Claim>(sql)
-            .bind(cursor.map(|c| c.created_at))
-            .bind(cursor.map(|c| c.id))
-            .bind(i64::from(limit) + 1);
+        let mut q = sqlx::query_as::<_, Claim>(sql).bind(i64::from(limit) + 1);
         if let Some(c) = category {
             q = q.bind(c.as_str());
+        }
+        if let Some(c) = cursor {
+            q = q.bind(c.created_at).bind(c.id);
         }
         q.fetch_all(pool).await
     })
 }
 
 /// A user's own claims, newest first; `limit + 1` rows.
-pub async fn list_mine(
-    db: &Db,
-    user: Uuid,
-    cursor: Option<Cursor>,
-    limit: u32,
-) -> Result<Vec<Claim>, sqlx::Error> {
-    const SQL: &str = concat!(
-        "SELECT ",
-        claim_columns!(),
-        " FROM claims WHERE submitter_id = $1
-           AND ($2 IS NULL OR created_at < $2 OR (created_at = $2 AND id < $3))
-         ORDER BY created_at DESC, id DESC LIMIT $4"
+pub async fn list_mine(db: &Db, user: Uuid, cursor: Option<Cursor>, limit: u32) -> Result<Vec<Claim>, sqlx::Error> {
+    const FIRST: &str = concat!(
+        "SELECT ", claim_columns!(), " FROM claims WHERE submitter_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
     );
-    db_read!(db, "claims.list_mine", SQL, |pool| {
-        sqlx::query_as::<_, Claim>(SQL)
-            .bind(user)
-            .bind(cursor.map(|c| c.created_at))
-            .bind(cursor.map(|c| c.id))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(pool)
-            .await
+    const NEXT: &str = concat!(
+        "SELECT ", claim_columns!(), " FROM claims WHERE submitter_id = $1 AND (created_at, id) < ($3, $4)
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    );
+    let sql = if cursor.is_some() { NEXT } else { FIRST };
+    db_read!(db, "claims.list_mine", sql, |pool| {
+        let mut q = sqlx::query_as::<_, Claim>(sql).bind(user).bind(i64::from(limit) + 1);
+        if let Some(c) = cursor {
+            q = q.bind(c.created_at).bind(c.id);
+        }
+        q.fetch_all(pool).await
     })
 }
 
