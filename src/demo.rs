@@ -55,9 +55,10 @@ const SUBJECTS: &[&str] = &[
     "A famous athlete",
 ];
 const PLACES: &[&str] = &[
-    "Nairobi", "Mombasa", "Kisumu", "Nakuru", "Eldoret", "Thika", "Malindi", "Kitale", "Garissa", "Kakamega", "Nyeri", "Machakos",
-    "Meru", "Lamu", "Naivasha", "Kericho", "Embu", "Isiolo", "Voi", "Bungoma", "Kampala", "Arusha", "Dodoma", "Kigali", "Mwanza",
-    "Jinja", "Gulu", "Moshi", "Tanga", "Busia",
+    "Nairobi", "Mombasa", "Kisumu", "Nakuru", "Eldoret", "Thika", "Malindi", "Kitale", "Garissa",
+    "Kakamega", "Nyeri", "Machakos", "Meru", "Lamu", "Naivasha", "Kericho", "Embu", "Isiolo",
+    "Voi", "Bungoma", "Kampala", "Arusha", "Dodoma", "Kigali", "Mwanza", "Jinja", "Gulu", "Moshi",
+    "Tanga", "Busia",
 ];
 const PREDICATES: &[&str] = &[
     "was built with foreign loans worth twice the official figure",

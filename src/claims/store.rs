@@ -110,10 +110,21 @@ pub async fn verdicts_for(db: &Db, claim_ids: &[Uuid]) -> Result<Vec<Verdict>, s
 /// Resolved claims, newest verdict first, optionally of one category; `limit + 1` rows.
 /// First pages and next pages are separate statements so that both planners use the keyset
 /// condition `(resolved_at, id) < (cursor)` as an index bound.
-pub async fn list_public(db: &Db, category: Option<Category>, cursor: Option<Cursor>, limit: u32) -> Result<Vec<Claim>, sqlx::Error> {
+pub async fn list_public(
+    db: &Db,
+    category: Option<Category>,
+    cursor: Option<Cursor>,
+    limit: u32,
+) -> Result<Vec<Claim>, sqlx::Error> {
     macro_rules! public_list {
         ($filter:literal) => {
-            concat!("SELECT ", claim_columns!(), " FROM claims WHERE status = 'resolved' ", $filter, " ORDER BY resolved_at DESC, id DESC LIMIT $1")
+            concat!(
+                "SELECT ",
+                claim_columns!(),
+                " FROM claims WHERE status = 'resolved' ",
+                $filter,
+                " ORDER BY resolved_at DESC, id DESC LIMIT $1"
+            )
         };
     }
     const FIRST: &str = public_list!("");
@@ -139,17 +150,28 @@ pub async fn list_public(db: &Db, category: Option<Category>, cursor: Option<Cur
 }
 
 /// A user's own claims, newest first; `limit + 1` rows.
-pub async fn list_mine(db: &Db, user: Uuid, cursor: Option<Cursor>, limit: u32) -> Result<Vec<Claim>, sqlx::Error> {
+pub async fn list_mine(
+    db: &Db,
+    user: Uuid,
+    cursor: Option<Cursor>,
+    limit: u32,
+) -> Result<Vec<Claim>, sqlx::Error> {
     const FIRST: &str = concat!(
-        "SELECT ", claim_columns!(), " FROM claims WHERE submitter_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        "SELECT ",
+        claim_columns!(),
+        " FROM claims WHERE submitter_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
     );
     const NEXT: &str = concat!(
-        "SELECT ", claim_columns!(), " FROM claims WHERE submitter_id = $1 AND (created_at, id) < ($3, $4)
+        "SELECT ",
+        claim_columns!(),
+        " FROM claims WHERE submitter_id = $1 AND (created_at, id) < ($3, $4)
          ORDER BY created_at DESC, id DESC LIMIT $2"
     );
     let sql = if cursor.is_some() { NEXT } else { FIRST };
     db_read!(db, "claims.list_mine", sql, |pool| {
-        let mut q = sqlx::query_as::<_, Claim>(sql).bind(user).bind(i64::from(limit) + 1);
+        let mut q = sqlx::query_as::<_, Claim>(sql)
+            .bind(user)
+            .bind(i64::from(limit) + 1);
         if let Some(c) = cursor {
             q = q.bind(c.created_at).bind(c.id);
         }

@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, spec) = api().split_for_parts();
     let spec_json = spec.to_json().unwrap_or_else(|_| "{}".into());
     let config = state.config.clone();
-    routes
+    let routes = routes
         .route(
             "/api/openapi.json",
             get(move || {
@@ -100,31 +100,37 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        // Applied per route, after routing, so `MatchedPath` is known to the metrics layer.
-        // Outermost first.
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetSensitiveRequestHeadersLayer::new([
-                    header::AUTHORIZATION,
-                    header::COOKIE,
-                ]))
-                .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-                .layer(axum::middleware::from_fn(middleware::observe))
-                .layer(axum::middleware::from_fn(middleware::security_headers))
-                .layer(axum::middleware::from_fn(middleware::problemize))
-                .option_layer(cors(&config))
-                .layer(CompressionLayer::new())
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    config.request_timeout,
-                ))
-                .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
-                .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-                .layer(CatchPanicLayer::custom(panic_response)),
-        )
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    with_middleware(routes, &config).with_state(state)
+}
+
+/// The middleware stack, outermost first. Applied per route (after routing) so that
+/// `MatchedPath` is known to the metrics layer.
+pub fn with_middleware<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    config: &Config,
+) -> Router<S> {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::COOKIE,
+            ]))
+            .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+            .layer(axum::middleware::from_fn(middleware::observe))
+            .layer(axum::middleware::from_fn(middleware::security_headers))
+            .layer(axum::middleware::from_fn(middleware::problemize))
+            .option_layer(cors(config))
+            .layer(CompressionLayer::new())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                config.request_timeout,
+            ))
+            .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+            .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+            .layer(CatchPanicLayer::custom(panic_response)),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -177,4 +183,93 @@ fn cors(config: &Config) -> Option<CorsLayer> {
             ])
             .max_age(Duration::from_secs(600)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn panicking() -> &'static str {
+        panic!("boom")
+    }
+
+    fn app() -> Router {
+        let config = Config::from_lookup(|k| match k {
+            "REQUEST_TIMEOUT" => Some("100ms".into()),
+            "CORS_ORIGINS" => Some("https://app.example.com".into()),
+            _ => None,
+        })
+        .unwrap();
+        let routes = Router::new().route("/panic", get(panicking)).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        with_middleware(routes, &config)
+    }
+
+    async fn call(req: axum::http::Request<Body>) -> Response {
+        app().oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_problem_500() {
+        let res = call(
+            axum::http::Request::get("/panic")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            crate::error::PROBLEM_JSON
+        );
+        assert!(res.headers().contains_key("x-request-id"));
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_timeout_answers_a_problem_503_with_retry_after() {
+        let res = call(
+            axum::http::Request::get("/slow")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            crate::error::PROBLEM_JSON
+        );
+        assert!(res.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn cors_answers_preflights_for_configured_origins_only() {
+        let preflight = |origin: &str| {
+            axum::http::Request::builder()
+                .method(Method::OPTIONS)
+                .uri("/slow")
+                .header(header::ORIGIN, origin)
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let ok = call(preflight("https://app.example.com")).await;
+        assert_eq!(
+            ok.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example.com"
+        );
+        let other = call(preflight("https://evil.example.com")).await;
+        assert!(
+            !other
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
+    }
 }

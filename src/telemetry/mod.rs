@@ -51,7 +51,8 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
                 .map_err(|e| e.to_string())?
                 .build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).map_err(|_| "a foreign metrics recorder is installed".to_owned())?;
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| "a foreign metrics recorder is installed".to_owned())?;
             describe_metrics();
             Ok(handle)
         })
