@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod blogs;
 pub mod claims;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod demo;
 pub mod error;
@@ -63,6 +64,8 @@ impl App {
             lifecycle: Arc::new(Lifecycle::default()),
             process: Arc::new(ProcessStats::new()),
             views: Arc::new(claims::trending::ViewBuffer::default()),
+            // 5 s samples for 6 hours.
+            history: Arc::new(telemetry::history::History::new(6 * 3600 / 5)),
         };
         bootstrap_admin(&state).await?;
         Ok(Self { state, metrics })

@@ -13,7 +13,7 @@ use crate::{
     claims::trending::ViewBuffer,
     config::Config,
     db::Db,
-    telemetry::ProcessStats,
+    telemetry::{ProcessStats, history::History},
 };
 
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub struct AppState {
     pub process: Arc<ProcessStats>,
     /// View counts of claims and articles, buffered in memory and written in batches.
     pub views: Arc<ViewBuffer>,
+    /// Samples for the dashboard's history charts (one per sampling interval, bounded).
+    pub history: Arc<History>,
 }
 
 /// Whether the instance should receive traffic.

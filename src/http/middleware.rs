@@ -59,6 +59,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     metrics::counter!("hakikisha_http_requests_total", &labels).increment(1);
     metrics::histogram!("hakikisha_http_request_duration_seconds", &labels)
         .record(elapsed.as_secs_f64());
+    crate::telemetry::history::HTTP.record(status, elapsed);
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::warn!(request_id, method, route, status, latency_ms, "request");
@@ -129,7 +130,7 @@ fn copy_headers(from: &axum::http::HeaderMap, to: &mut Response<Body>) {
 const SECURITY_HEADERS: &[(&str, &str)] = &[
     (
         "content-security-policy",
-        "default-src 'self'; base-uri 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; img-src 'self' data:; object-src 'none'; script-src 'self'; style-src 'self'; upgrade-insecure-requests",
+        "default-src 'self'; base-uri 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; img-src 'self' data:; object-src 'none'; script-src 'self'; style-src 'self'",
     ),
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),

@@ -78,6 +78,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(crate::claims::review::router())
         .merge(crate::blogs::router())
         .merge(crate::notifications::router())
+        .merge(crate::dashboard::api_router())
 }
 
 /// The OpenAPI document served at `/api/openapi.json`.
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], spec) }
             }),
         )
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     with_middleware(routes, &config).with_state(state)

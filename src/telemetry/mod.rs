@@ -1,4 +1,6 @@
-//! Tracing setup, the Prometheus recorder and the process sampler.
+//! Tracing setup, the Prometheus recorder, the process sampler and the dashboard history.
+
+pub mod history;
 
 use std::{
     sync::{Mutex, OnceLock},
@@ -209,7 +211,17 @@ pub async fn sample_loop(state: crate::state::AppState, every: Duration, handle:
         tick.tick().await;
         let process = state.process.clone();
         let _ = tokio::task::spawn_blocking(move || process.refresh()).await;
-        for p in state.db.pool_stats() {
+        let pools = state.db.pool_stats();
+        let utilization = pools
+            .iter()
+            .find(|p| p.pool == "primary")
+            .map(|p| 100.0 * f64::from(p.in_use) / f64::from(p.max.max(1)))
+            .unwrap_or(0.0);
+        let sample = state.process.latest();
+        state
+            .history
+            .sample(utilization, sample.rss_bytes, sample.cpu_percent);
+        for p in pools {
             metrics::gauge!("hakikisha_db_pool_connections", "pool" => p.pool).set(p.size as f64);
             metrics::gauge!("hakikisha_db_pool_idle_connections", "pool" => p.pool)
                 .set(p.idle as f64);

@@ -7,4 +7,5 @@ mod authz;
 mod bad_input;
 mod blogs;
 mod claims;
+mod dashboard;
 mod ops;

@@ -48,6 +48,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/api/v1/notifications/unread-count"),
     ("post", "/api/v1/notifications/{id}/read"),
     ("post", "/api/v1/notifications/read-all"),
+    ("get", "/api/system/stats"),
     ("get", "/health"),
     ("get", "/api/health"),
     ("get", "/livez"),
