@@ -171,6 +171,11 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if crate::db::is_unavailable(&e) {
+            if matches!(e, sqlx::Error::PoolTimedOut) {
+                metrics::counter!("hakikisha_db_pool_acquire_timeouts_total", "pool" => "primary")
+                    .increment(1);
+                crate::db::ACQUIRE_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             tracing::warn!(error = %e, "database unavailable");
             return Self::unavailable("the database is unavailable; try again shortly");
         }

@@ -3,7 +3,9 @@
 //! [`run`] is the whole application; `main` and the integration tests both call it.
 
 pub mod accounts;
+pub mod ai;
 pub mod blogs;
+pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod dashboard;
@@ -11,11 +13,16 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod notifications;
 pub mod pagination;
+pub mod ratelimit;
+pub mod redis;
 pub mod state;
 pub mod telemetry;
+pub mod usage;
 pub mod validate;
+pub mod vault;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -52,13 +59,34 @@ impl App {
         let metrics = telemetry::metrics_handle()?;
         let db = Db::connect(&config).await?;
         db.migrate(config.db_connect_timeout).await?;
-        let state = AppState {
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                redis::Redis::connect(
+                    url.expose_secret(),
+                    &config.redis_key_prefix,
+                    config.redis_timeout,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let limiter = Arc::new(ratelimit::Limiter::new(&config, redis.clone()));
+        let mut cache_config = config.cache;
+        if config.database_read_url.is_some() {
+            // Beyond typical replica lag; see `CacheConfig::repeat_invalidation_after`.
+            cache_config.repeat_invalidation_after = Some(Duration::from_secs(2));
+        }
+        let cache = cache::Cache::new(cache_config, redis.clone());
+        let jobs = Arc::new(jobs::Scheduler::from_config(&config)?);
+        let ai_config = config.ai.clone();
+        let cache_ttl_ai = config.cache.ttls.ai;
+        let state = AppState::new(state::Services {
             tokens: Arc::new(TokenKeys::new(
                 &config.jwt_secret,
                 config.jwt_access_ttl,
                 config.jwt_refresh_ttl,
             )),
-            passwords: Passwords::new(config.password_hashing)?,
+            passwords: Passwords::new(config.password_hashing, config.password_hash_concurrency)?,
             config: Arc::new(config),
             db,
             lifecycle: Arc::new(Lifecycle::default()),
@@ -66,7 +94,13 @@ impl App {
             views: Arc::new(claims::trending::ViewBuffer::default()),
             // 5 s samples for 6 hours.
             history: Arc::new(telemetry::history::History::new(6 * 3600 / 5)),
-        };
+            limiter,
+            redis,
+            cache: cache.clone(),
+            jobs,
+            ai: ai::AiService::new(&ai_config, cache, cache_ttl_ai)?,
+        });
+        zero_event_counters(&state);
         bootstrap_admin(&state).await?;
         Ok(Self { state, metrics })
     }
@@ -87,6 +121,22 @@ impl App {
             Duration::from_secs(5),
             metrics.clone(),
         ));
+        background.spawn(ratelimit::maintenance_loop(
+            state.limiter.clone(),
+            Duration::from_secs(10),
+        ));
+        background.spawn(state.cache.clone().run_sync());
+        // Buffered view counts are written once per interval (and once more at shutdown).
+        background.spawn(claims::trending::flush_loop(
+            state.db.clone(),
+            state.views.clone(),
+            config.view_flush_interval,
+        ));
+        if config.jobs_enabled {
+            // Dropped (and its runs cancelled) by `background.shutdown()` below.
+            background.spawn(state.jobs.clone().run_loop(state.clone()));
+        }
+        background.spawn(ai::worker::run(state.clone()));
         if let Some(metrics_addr) = config.metrics_addr {
             let metrics_listener = TcpListener::bind(metrics_addr)
                 .await
@@ -119,13 +169,31 @@ impl App {
             shutdown,
         )
         .await;
+        // Workers stop taking claims; one interrupted mid-call is retried after its lease.
+        state.ai.stop();
         background.shutdown().await;
+        state.jobs.stop().await;
         if let Err(e) = state.views.flush(&state.db).await {
             tracing::warn!(error = %e, "could not write the last view counts");
         }
         state.db.close().await;
+        if let Some(redis) = &state.redis {
+            redis.quit().await;
+        }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Event counters exist from the start at 0, so panels and alerts read 0 rather than "no data"
+/// before the first event (rate() over an absent series is empty, not zero).
+fn zero_event_counters(state: &AppState) {
+    metrics::counter!("hakikisha_db_slow_queries_total").increment(0);
+    metrics::counter!("hakikisha_db_replica_fallbacks_total").increment(0);
+    metrics::counter!("hakikisha_vault_keys_expired_total").increment(0);
+    for pool in state.db.pool_stats() {
+        metrics::counter!("hakikisha_db_pool_acquire_timeouts_total", "pool" => pool.pool)
+            .increment(0);
     }
 }
 

@@ -23,6 +23,12 @@ enum Command {
     /// else from ADMIN_PASSWORD.
     /// Fill the database with realistic demo data (users, claims, verdicts, articles).
     DemoData(hakikisha::demo::DemoOptions),
+    /// Run one background job now, in the foreground, and record it like any run (exit code 1
+    /// unless it succeeded). Takes the same cross-instance lock as the scheduler.
+    RunJob {
+        /// Job name, e.g. daily_report (see `GET /api/v1/admin/jobs` or docs/jobs.md).
+        name: String,
+    },
     CreateAdmin {
         #[arg(long)]
         email: String,
@@ -35,6 +41,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let cli = Cli::parse();
     let config = Config::from_env()?;
     telemetry::init_tracing(config.log_format);
@@ -57,6 +64,33 @@ async fn main() -> anyhow::Result<()> {
             app.state.db.close().await;
             Ok(())
         }
+        Command::RunJob { name } => {
+            let app = App::build(config).await?;
+            let state = &app.state;
+            let result = state
+                .jobs
+                .run_job(
+                    state,
+                    &name,
+                    chrono::Utc::now(),
+                    hakikisha::jobs::Trigger::Manual,
+                )
+                .await;
+            state.db.close().await;
+            let run = result?;
+            println!(
+                "{}: {} in {:.3} s, {} items{}",
+                run.job,
+                run.status,
+                run.duration_seconds().unwrap_or_default(),
+                run.items,
+                run.error.map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+            if run.status != "ok" {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::CreateAdmin {
             email,
             username,
@@ -76,6 +110,18 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(user_id = %user.id, username = %user.username, "admin account created");
             Ok(())
         }
+    }
+}
+
+/// Every Argon2id hash allocates `PASSWORD_HASH_MEMORY_KIB` (19 MiB by default). glibc raises its
+/// mmap threshold after the first such block is freed and then keeps later blocks in per-thread
+/// arenas, so idle memory grew by ~19 MiB per thread that ever hashed. A fixed threshold keeps
+/// large blocks mmapped, so they return to the system when freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called once before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

@@ -1,4 +1,7 @@
 //! `AppState`: everything a handler may reach, cloned cheaply into every request.
+//!
+//! Middleware and extractors clone the state several times per request, so it is one `Arc`
+//! around [`Services`]: a clone is one atomic increment, whatever the services hold.
 
 use std::{
     sync::{
@@ -10,14 +13,34 @@ use std::{
 
 use crate::{
     accounts::{password::Passwords, tokens::TokenKeys},
+    ai::AiService,
+    cache::Cache,
     claims::trending::ViewBuffer,
     config::Config,
     db::Db,
+    jobs::Scheduler,
+    redis::Redis,
     telemetry::{ProcessStats, history::History},
 };
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     /// Validated configuration, read-only after start.
     pub config: Arc<Config>,
     /// The database (SQLite, or PostgreSQL primary + optional replica).
@@ -34,6 +57,17 @@ pub struct AppState {
     pub views: Arc<ViewBuffer>,
     /// Samples for the dashboard's history charts (one per sampling interval, bounded).
     pub history: Arc<History>,
+    /// The shared Redis connection when `REDIS_URL` is set; it may be down at any moment.
+    pub redis: Option<Redis>,
+    /// Tiered rate limiter (Redis-backed with an in-process fallback).
+    pub limiter: Arc<crate::ratelimit::Limiter>,
+    /// Two-layer read cache (memory + Redis) with cross-instance invalidation.
+    pub cache: Cache,
+    /// Background jobs: the registry, "run now", history and the dashboard snapshot.
+    pub jobs: Arc<Scheduler>,
+    /// The AI provider client with its queue, single flight, cache and circuit breaker
+    /// (off without `AI_API_KEY`).
+    pub ai: AiService,
 }
 
 /// Whether the instance should receive traffic.

@@ -8,7 +8,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{Role, Status, User, routes::create_account, store};
+use super::{
+    Role, Status, User,
+    routes::{create_account, forget_profile},
+    store,
+};
 use crate::{
     error::{ApiError, ApiResult, Problem},
     http::{
@@ -132,6 +136,7 @@ async fn change_status(
     if to != Status::Active {
         store::revoke_all_for_user(&state.db, id).await?;
     }
+    forget_profile(state, &updated.username).await;
     tracing::info!(admin_id = %admin.id, user_id = %id, from = %user.status, to = %to, "account status changed");
     Ok(Json(updated))
 }
@@ -205,9 +210,13 @@ async fn delete_user(
             "admins cannot delete their own account".into(),
         ));
     }
+    let user = store::find_by_id_primary(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
     if !store::delete_user(&state.db, id).await? {
         return Err(ApiError::not_found("user"));
     }
+    forget_profile(&state, &user.username).await;
     tracing::info!(admin_id = %admin.id, user_id = %id, "account deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,6 @@
 //! `/api/v1/auth/*` and `/api/v1/users/*`.
 
-use axum::{extract::State, http::StatusCode};
+use axum::{extract::State, http::StatusCode, response::Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{PublicProfile, Role, Status, User, store, tokens};
 use crate::{
+    cache::{Conditional, Namespace, Scope},
     db,
     error::{ApiError, ApiResult, Problem},
     http::{
@@ -323,6 +324,7 @@ async fn update_profile(
     )
     .await?
     .ok_or_else(|| ApiError::not_found("account"))?;
+    forget_profile(&state, &updated.username).await;
     Ok(Json(updated))
 }
 
@@ -359,16 +361,38 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Public profile of an active account.
+/// Forgets the cached public profile of `username` (here and in every instance).
+pub(crate) async fn forget_profile(state: &AppState, username: &str) {
+    state
+        .cache
+        .invalidate(Namespace::Profiles, Scope::Public, &username.to_lowercase())
+        .await;
+}
+
+/// Public profile of an active account. Cached; answers `If-None-Match`.
 #[utoipa::path(get, path = "/api/v1/users/{username}", tag = "users",
     params(("username" = String, Path)),
-    responses((status = 200, body = PublicProfile), (status = 404, body = Problem)))]
+    responses((status = 200, body = PublicProfile), (status = 304, description = "Not modified"), (status = 404, body = Problem)))]
 async fn public_profile(
     State(state): State<AppState>,
+    conditional: Conditional,
     Path(username): Path<String>,
-) -> ApiResult<Json<PublicProfile>> {
-    match store::find_by_username(&state.db, &username).await? {
-        Some(user) if user.status == Status::Active => Ok(Json(PublicProfile::from(&user))),
-        _ => Err(ApiError::not_found("user")),
-    }
+) -> ApiResult<Response> {
+    let username = username.to_lowercase();
+    let profile = state
+        .cache
+        .get_or_load(
+            Namespace::Profiles,
+            Scope::Public,
+            &username,
+            state.cache.ttls().profiles,
+            || async {
+                match store::find_by_username(&state.db, &username).await? {
+                    Some(user) if user.status == Status::Active => Ok(PublicProfile::from(&user)),
+                    _ => Err(ApiError::not_found("user")),
+                }
+            },
+        )
+        .await?;
+    Ok(conditional.respond(&*profile.value, profile.public()))
 }

@@ -1,7 +1,7 @@
 //! Blog articles by fact-checkers and admins: draft -> published -> archived, unique slugs,
 //! excerpts and read time; the public reads published ones (list, trending, search, by slug).
 
-use axum::{extract::State, http::StatusCode};
+use axum::{extract::State, http::StatusCode, response::Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     accounts::{Role, User, text_enum},
+    cache::{Conditional, Namespace, Scope, Visibility},
     claims::{
         routes::{LimitParams, search_query},
         store::{ViewTable, fts5_query},
@@ -31,7 +32,7 @@ text_enum!(
     BlogStatus { Draft = "draft", Published = "published", Archived = "archived" }
 );
 
-#[derive(Debug, Clone, serde::Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema, sqlx::FromRow)]
 pub struct Blog {
     pub id: Uuid,
     pub author_id: Option<Uuid>,
@@ -153,6 +154,12 @@ fn may_edit(blog: &Blog, user: &User) -> bool {
     user.role == Role::Admin || blog.author_id == Some(user.id)
 }
 
+/// Any article write may change the public lists, so it drops the whole namespace (one
+/// generation bump, shared by every instance).
+async fn forget_cached(state: &AppState) {
+    state.cache.invalidate_namespace(Namespace::Blogs).await;
+}
+
 /// Write a draft article (fact-checkers and admins).
 #[utoipa::path(post, path = "/api/v1/blogs", tag = "blogs", security(("bearer" = [])),
     request_body = CreateBlog,
@@ -201,7 +208,10 @@ async fn create(
                 .await
         });
         match result {
-            Ok(blog) => return Ok((StatusCode::CREATED, Json(blog))),
+            Ok(blog) => {
+                forget_cached(&state).await;
+                return Ok((StatusCode::CREATED, Json(blog)));
+            }
             Err(e) if db::is_unique_violation(&e) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -256,6 +266,7 @@ async fn update(
             .fetch_optional(pool)
             .await
     })?;
+    forget_cached(&state).await;
     updated
         .map(Json)
         .ok_or_else(|| ApiError::not_found("article"))
@@ -282,6 +293,7 @@ async fn delete(
         .execute(pool)
         .await
         .map(drop))?;
+    forget_cached(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -318,6 +330,7 @@ async fn set_status(
             .fetch_optional(pool)
             .await
     })?;
+    forget_cached(state).await;
     updated
         .map(Json)
         .ok_or_else(|| ApiError::Conflict("the article changed meanwhile; reload and retry".into()))
@@ -361,13 +374,15 @@ async fn archive(
     .await
 }
 
-/// Published articles, newest first.
+/// Published articles, newest first. Cached; answers `If-None-Match`.
 #[utoipa::path(get, path = "/api/v1/blogs", tag = "blogs",
-    params(PageParams), responses((status = 200, body = Page<Blog>)))]
+    params(PageParams),
+    responses((status = 200, body = Page<Blog>), (status = 304, description = "Not modified")))]
 async fn list(
     State(state): State<AppState>,
+    conditional: Conditional,
     Query(p): Query<PageParams>,
-) -> ApiResult<Json<Page<Blog>>> {
+) -> ApiResult<Response> {
     const SQL: &str = concat!(
         "SELECT ",
         blog_columns!(),
@@ -375,19 +390,36 @@ async fn list(
            AND ($1 IS NULL OR published_at < $1 OR (published_at = $1 AND id < $2))
          ORDER BY published_at DESC, id DESC LIMIT $3"
     );
+    let key = format!(
+        "list:{}:{}",
+        p.limit.unwrap_or(0),
+        p.cursor.as_deref().unwrap_or("")
+    );
     let (limit, cursor) = p.parse()?;
-    let rows = db_read!(&state.db, "blogs.list", SQL, |pool| {
-        sqlx::query_as::<_, Blog>(SQL)
-            .bind(cursor.map(|c| c.created_at))
-            .bind(cursor.map(|c| c.id))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(pool)
-            .await
-    })?;
-    Ok(Json(Page::from_rows(rows, limit, |b| Cursor {
-        created_at: b.published_at.unwrap_or(b.created_at),
-        id: b.id,
-    })))
+    let page = state
+        .cache
+        .get_or_load(
+            Namespace::Blogs,
+            Scope::Public,
+            &key,
+            state.cache.ttls().blogs,
+            || async {
+                let rows = db_read!(&state.db, "blogs.list", SQL, |pool| {
+                    sqlx::query_as::<_, Blog>(SQL)
+                        .bind(cursor.map(|c| c.created_at))
+                        .bind(cursor.map(|c| c.id))
+                        .bind(i64::from(limit) + 1)
+                        .fetch_all(pool)
+                        .await
+                })?;
+                Ok(Page::from_rows(rows, limit, |b| Cursor {
+                    created_at: b.published_at.unwrap_or(b.created_at),
+                    id: b.id,
+                }))
+            },
+        )
+        .await?;
+    Ok(conditional.respond(&*page.value, page.public()))
 }
 
 /// The signed-in author's articles in every state, newest first.
@@ -421,29 +453,44 @@ async fn mine(
     })))
 }
 
-/// Most-read published articles.
+/// Most-read published articles. Cached (with the trending TTL, as view counts move);
+/// answers `If-None-Match`.
 #[utoipa::path(get, path = "/api/v1/blogs/trending", tag = "blogs",
-    params(LimitParams), responses((status = 200, body = Page<Blog>)))]
+    params(LimitParams),
+    responses((status = 200, body = Page<Blog>), (status = 304, description = "Not modified")))]
 async fn trending(
     State(state): State<AppState>,
+    conditional: Conditional,
     Query(p): Query<LimitParams>,
-) -> ApiResult<Json<Page<Blog>>> {
+) -> ApiResult<Response> {
     const SQL: &str = concat!(
         "SELECT ",
         blog_columns!(),
         " FROM blogs WHERE status = 'published' ORDER BY view_count DESC, id DESC LIMIT $1"
     );
     let limit = p.limit()?;
-    let items = db_read!(&state.db, "blogs.trending", SQL, |pool| {
-        sqlx::query_as::<_, Blog>(SQL)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await
-    })?;
-    Ok(Json(Page {
-        items,
-        next_cursor: None,
-    }))
+    let page = state
+        .cache
+        .get_or_load(
+            Namespace::Blogs,
+            Scope::Public,
+            &format!("trending:{limit}"),
+            state.cache.ttls().trending,
+            || async {
+                let items = db_read!(&state.db, "blogs.trending", SQL, |pool| {
+                    sqlx::query_as::<_, Blog>(SQL)
+                        .bind(i64::from(limit))
+                        .fetch_all(pool)
+                        .await
+                })?;
+                Ok(Page {
+                    items,
+                    next_cursor: None,
+                })
+            },
+        )
+        .await?;
+    Ok(conditional.respond(&*page.value, page.public()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -494,34 +541,65 @@ async fn search(
     }))
 }
 
-/// One article by slug (or id). Drafts and archived articles are visible to their author and
-/// admins only. The path segment is shared with the id-based write routes, hence its name.
+/// An article by slug or id, from the primary (a cache fill must not read a lagging replica
+/// right after a write).
+async fn find(db: &Db, key: &str) -> Result<Option<Blog>, sqlx::Error> {
+    const SQL: &str = concat!("SELECT ", blog_columns!(), " FROM blogs WHERE slug = $1");
+    match key.parse::<Uuid>() {
+        Ok(id) => get_by_id(db, id).await,
+        Err(_) => db_write!(db, "blogs.by_slug", SQL, |pool| {
+            sqlx::query_as::<_, Blog>(SQL)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+        }),
+    }
+}
+
+/// One article by slug (or id). Published articles are public and cached; drafts and archived
+/// articles are visible to their author and admins only, never cached. The path segment is
+/// shared with the id-based write routes, hence its name.
 #[utoipa::path(get, path = "/api/v1/blogs/{id}", tag = "blogs",
     params(("id" = String, Path, description = "The article's slug, or its UUID")),
-    responses((status = 200, body = Blog), (status = 404, body = Problem)))]
+    responses((status = 200, body = Blog), (status = 304, description = "Not modified"), (status = 404, body = Problem)))]
 async fn by_slug(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
+    conditional: Conditional,
     Path(key): Path<String>,
-) -> ApiResult<Json<Blog>> {
-    const SQL: &str = concat!("SELECT ", blog_columns!(), " FROM blogs WHERE slug = $1");
-    let blog = match key.parse::<Uuid>() {
-        Ok(id) => get_by_id(&state.db, id).await?,
-        Err(_) => db_read!(&state.db, "blogs.by_slug", SQL, |pool| {
-            sqlx::query_as::<_, Blog>(SQL)
-                .bind(&key)
-                .fetch_optional(pool)
-                .await
-        })?,
+) -> ApiResult<Response> {
+    let published = state
+        .cache
+        .get_or_load(
+            Namespace::Blogs,
+            Scope::Public,
+            &format!("article:{key}"),
+            state.cache.ttls().blogs,
+            || async {
+                find(&state.db, &key)
+                    .await?
+                    .filter(|b| b.status == BlogStatus::Published)
+                    .ok_or_else(|| ApiError::not_found("article"))
+            },
+        )
+        .await;
+    match published {
+        Ok(blog) => {
+            state.views.record(ViewTable::Blogs, blog.value.id);
+            return Ok(conditional.respond(&*blog.value, blog.public()));
+        }
+        // Maybe a draft or archived article of this user.
+        Err(ApiError::NotFound(_)) if user.is_some() => {}
+        Err(e) => return Err(e),
     }
-    .ok_or_else(|| ApiError::not_found("article"))?;
-    if blog.status != BlogStatus::Published && !user.as_ref().is_some_and(|u| may_edit(&blog, u)) {
-        return Err(ApiError::not_found("article"));
-    }
+    let blog = find(&state.db, &key)
+        .await?
+        .filter(|b| user.as_ref().is_some_and(|u| may_edit(b, u)))
+        .ok_or_else(|| ApiError::not_found("article"))?;
     if blog.status == BlogStatus::Published {
         state.views.record(ViewTable::Blogs, blog.id);
     }
-    Ok(Json(blog))
+    Ok(conditional.respond(&blog, Visibility::Private))
 }
 
 #[cfg(test)]

@@ -163,6 +163,9 @@ pub struct ClaimView {
     pub human_verdict: Option<Verdict>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ai_verdict: Option<Verdict>,
+    /// The AI's attempts on this claim (reviewers only, on the detail view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ai_run: Option<crate::ai::AiRun>,
 }
 
 impl ClaimView {
@@ -194,6 +197,7 @@ impl ClaimView {
             verdict: public,
             human_verdict: if show_all { human } else { None },
             ai_verdict: if show_all { ai } else { None },
+            ai_run: None,
         }
     }
 }

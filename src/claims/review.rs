@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     Claim, ClaimStatus, ClaimView, Label, Source, VerdictKind,
-    routes::with_verdicts,
+    routes::{invalidate_cached, with_verdicts},
     store::{self, QueuePos, VerdictInput},
 };
 use crate::{
@@ -162,6 +162,7 @@ async fn assign(
         )
         .await?;
     }
+    invalidate_cached(&state, id).await;
     tracing::info!(claim_id = %id, reviewer_id = %reviewer.id, "claim assigned");
     let mut v = with_verdicts(&state, vec![updated], true).await?;
     v.pop()
@@ -213,6 +214,7 @@ async fn resolve(
         .ok_or_else(|| {
             ApiError::Conflict("the claim changed meanwhile; reload and retry".into())
         })?;
+    invalidate_cached(state, claim.id).await;
     tracing::info!(claim_id = %claim.id, reviewer_id = %reviewer.id, label = %label, "claim resolved");
     let mut v = with_verdicts(state, vec![resolved], true).await?;
     v.pop()
@@ -223,7 +225,7 @@ async fn resolve(
 /// Record the human verdict; the claim becomes `resolved` and its submitter is notified.
 #[utoipa::path(post, path = "/api/v1/claims/{id}/verdict", tag = "review", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = VerdictRequest,
-    responses((status = 200, body = ClaimView), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ClaimView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn verdict(
     State(state): State<AppState>,
     Reviewer(reviewer): Reviewer,
@@ -257,7 +259,7 @@ pub struct ApproveAiRequest {
 /// Adopt the AI verdict as the human verdict, optionally edited; resolves the claim.
 #[utoipa::path(post, path = "/api/v1/claims/{id}/ai-verdict/approve", tag = "review", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = ApproveAiRequest,
-    responses((status = 200, body = ClaimView), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ClaimView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn approve_ai(
     State(state): State<AppState>,
     Reviewer(reviewer): Reviewer,
@@ -291,7 +293,7 @@ pub struct RejectRequest {
 /// Reject a claim that cannot or should not be fact-checked.
 #[utoipa::path(post, path = "/api/v1/claims/{id}/reject", tag = "review", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = RejectRequest,
-    responses((status = 200, body = ClaimView), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ClaimView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn reject(
     State(state): State<AppState>,
     Reviewer(reviewer): Reviewer,
@@ -314,6 +316,7 @@ async fn reject(
         .ok_or_else(|| {
             ApiError::Conflict("the claim changed meanwhile; reload and retry".into())
         })?;
+    invalidate_cached(&state, id).await;
     if let Some(submitter) = claim.submitter_id {
         notifications::notify(
             &state.db,

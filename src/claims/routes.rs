@@ -1,8 +1,8 @@
 //! Public and submitter endpoints: submit, list, mine, trending, search, detail.
 
-use axum::{extract::State, http::StatusCode};
+use axum::{extract::State, http::StatusCode, response::Response};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{Category, ClaimStatus, ClaimView, store};
 use crate::{
     accounts::User,
+    cache::{Conditional, Namespace, Scope, Visibility},
     error::{ApiError, ApiResult, Problem},
     http::{
         auth::{AuthUser, MaybeUser},
@@ -63,8 +64,9 @@ pub(crate) async fn with_verdicts(
         .collect())
 }
 
-/// Submit a claim for fact-checking. It starts `pending` and waits in the review queue (the AI
-/// gives a first verdict when it is configured).
+/// Submit a claim for fact-checking. It starts `pending`; when the AI is configured a worker
+/// gives it a first verdict asynchronously (`ai_processing -> ai_verdict | ai_failed`), else it
+/// waits in the review queue.
 #[utoipa::path(post, path = "/api/v1/claims", tag = "claims", security(("bearer" = [])),
     request_body = SubmitClaim,
     responses((status = 201, body = ClaimView), (status = 401, body = Problem), (status = 422, body = Problem)))]
@@ -98,6 +100,8 @@ async fn submit(
     };
     let claim = store::insert(&state.db, user.id, &new, Utc::now()).await?;
     tracing::info!(claim_id = %claim.id, user_id = %user.id, "claim submitted");
+    // The AI verdict runs in the background; the response does not wait for it.
+    state.ai.wake();
     Ok((
         StatusCode::CREATED,
         Json(ClaimView::new(claim, Vec::new(), true)),
@@ -177,19 +181,34 @@ impl LimitParams {
     }
 }
 
-/// Trending resolved claims (recomputed every few minutes).
+/// Trending resolved claims (recomputed every few minutes). Cached; answers `If-None-Match`.
 #[utoipa::path(get, path = "/api/v1/claims/trending", tag = "claims",
     params(LimitParams),
-    responses((status = 200, body = Page<ClaimView>)))]
+    responses((status = 200, body = Page<ClaimView>), (status = 304, description = "Not modified")))]
 async fn trending(
     State(state): State<AppState>,
+    conditional: Conditional,
     Query(p): Query<LimitParams>,
-) -> ApiResult<Json<Page<ClaimView>>> {
-    let rows = store::trending(&state.db, p.limit()?).await?;
-    Ok(Json(Page {
-        items: with_verdicts(&state, rows, false).await?,
-        next_cursor: None,
-    }))
+) -> ApiResult<Response> {
+    let limit = p.limit()?;
+    let page = state
+        .cache
+        .get_or_load(
+            Namespace::ClaimsTrending,
+            Scope::Public,
+            &format!("limit={limit}"),
+            state.cache.ttls().trending,
+            || async {
+                let rows = store::trending(&state.db, limit).await?;
+                let page = Page {
+                    items: with_verdicts(&state, rows, false).await?,
+                    next_cursor: None,
+                };
+                serde_json::to_value(page).map_err(|e| ApiError::Internal(e.into()))
+            },
+        )
+        .await?;
+    Ok(conditional.respond(&*page.value, page.public()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -232,16 +251,85 @@ pub(crate) fn may_see(claim: &super::Claim, user: Option<&User>) -> bool {
         || user.is_some_and(|u| u.role.is_reviewer() || Some(u.id) == claim.submitter_id)
 }
 
-/// One claim with its verdict. Resolved claims are public; others are visible to their
-/// submitter and to reviewers only.
+/// What the public cache holds for a resolved claim: its public view, and its submitter so
+/// that their own request bypasses the entry (a submitter sees both verdicts).
+#[derive(Serialize, Deserialize)]
+struct PublicClaim {
+    submitter_id: Option<Uuid>,
+    view: serde_json::Value,
+}
+
+/// Loads a claim for the public cache; anything not resolved is "not found" here and never
+/// cached.
+async fn load_public(state: &AppState, id: Uuid) -> ApiResult<PublicClaim> {
+    let claim = store::get_primary(&state.db, id)
+        .await?
+        .filter(|c| c.status == ClaimStatus::Resolved)
+        .ok_or_else(|| ApiError::not_found("claim"))?;
+    let submitter_id = claim.submitter_id;
+    let view = with_verdicts(state, vec![claim], false)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found("claim"))?;
+    Ok(PublicClaim {
+        submitter_id,
+        view: serde_json::to_value(view).map_err(|e| ApiError::Internal(e.into()))?,
+    })
+}
+
+/// Forgets what the cache holds about a claim after a write: its detail, and the trending list
+/// that may show it.
+pub(crate) async fn invalidate_cached(state: &AppState, id: Uuid) {
+    state
+        .cache
+        .invalidate(Namespace::Claims, Scope::Public, &id.to_string())
+        .await;
+    state
+        .cache
+        .invalidate_namespace(Namespace::ClaimsTrending)
+        .await;
+}
+
+/// One claim with its verdict. Resolved claims are public (cached, with `ETag`); others are
+/// visible to their submitter and to reviewers only, never cached publicly.
 #[utoipa::path(get, path = "/api/v1/claims/{id}", tag = "claims",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = ClaimView), (status = 404, body = Problem)))]
+    responses((status = 200, body = ClaimView), (status = 304, description = "Not modified"), (status = 404, body = Problem)))]
 async fn detail(
     State(state): State<AppState>,
     MaybeUser(user): MaybeUser,
+    conditional: Conditional,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<ClaimView>> {
+) -> ApiResult<Response> {
+    // Reviewers always see both verdicts: they skip the public entry.
+    if !user.as_ref().is_some_and(|u| u.role.is_reviewer()) {
+        let ttl = state.cache.ttls().default;
+        let cached = state
+            .cache
+            .get_or_load(
+                Namespace::Claims,
+                Scope::Public,
+                &id.to_string(),
+                ttl,
+                || load_public(&state, id),
+            )
+            .await;
+        match cached {
+            Ok(c)
+                if user
+                    .as_ref()
+                    .is_none_or(|u| Some(u.id) != c.value.submitter_id) =>
+            {
+                state.views.record(store::ViewTable::Claims, id);
+                return Ok(conditional.respond(&c.value.view, c.public()));
+            }
+            // The submitter: the full view below.
+            Ok(_) => {}
+            // Not public; anonymous clients may see nothing else.
+            Err(ApiError::NotFound(_)) if user.is_some() => {}
+            Err(e) => return Err(e),
+        }
+    }
     let claim = store::get(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("claim"))?;
@@ -254,9 +342,14 @@ async fn detail(
     if claim.status == ClaimStatus::Resolved {
         state.views.record(store::ViewTable::Claims, claim.id);
     }
+    let reviewer = user.as_ref().is_some_and(|u| u.role.is_reviewer());
     let mut views = with_verdicts(&state, vec![claim], privileged).await?;
-    views
-        .pop()
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("claim"))
+    let mut view = views.pop().ok_or_else(|| ApiError::not_found("claim"))?;
+    if reviewer {
+        // Why the AI failed and what it said, for the fact-checker taking over.
+        view.ai_run = crate::ai::store::ai_run(&state.db, id)
+            .await?
+            .filter(|run| run.attempts > 0);
+    }
+    Ok(conditional.respond(&view, Visibility::Private))
 }

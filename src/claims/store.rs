@@ -179,6 +179,16 @@ pub async fn list_mine(
     })
 }
 
+/// Claims per status (served by `idx_claims_status`), for the dashboard.
+pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    const SQL: &str = "SELECT status, COUNT(*) FROM claims GROUP BY status ORDER BY status";
+    db_read!(db, "claims.count_by_status", SQL, |pool| {
+        sqlx::query_as::<_, (String, i64)>(SQL)
+            .fetch_all(pool)
+            .await
+    })
+}
+
 /// The review queue position `(priority, created_at, id)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QueuePos {
@@ -322,9 +332,10 @@ pub struct VerdictInput<'a> {
     pub author: Option<Uuid>,
 }
 
-/// Records a verdict (insert or replace its kind) and, for a human verdict, resolves the claim
-/// and notifies the submitter, all in one transaction. Returns `None` when the claim left
-/// `human_review` meanwhile.
+/// Records a verdict (insert or replace its kind) in one transaction with its status move: a
+/// human verdict resolves the claim and notifies the submitter; an AI verdict moves a claim in
+/// `ai_processing` to `ai_verdict`. Returns `None` when the claim left `human_review` meanwhile
+/// (human) or no longer exists (AI).
 pub async fn record_verdict(
     db: &Db,
     claim: &Claim,
@@ -339,21 +350,25 @@ pub async fn record_verdict(
         "UPDATE claims SET status = 'resolved', resolved_at = $2, updated_at = $2 WHERE id = $1 AND status = 'human_review' RETURNING ",
         claim_columns!()
     );
+    // An AI verdict completes the AI step; on a claim already elsewhere in the workflow it is
+    // kept for reviewers without moving the claim.
+    const AI_VERDICT: &str = concat!(
+        "UPDATE claims SET status = CASE WHEN status = 'ai_processing' THEN 'ai_verdict' ELSE status END, updated_at = $2
+         WHERE id = $1 RETURNING ",
+        claim_columns!()
+    );
     let resolve = v.kind == VerdictKind::Human;
+    let status_sql = if resolve { RESOLVE } else { AI_VERDICT };
     db_write!(db, "claims.record_verdict", UPSERT, |pool| {
         let mut tx = pool.begin().await?;
-        let updated = if resolve {
-            match sqlx::query_as::<_, Claim>(RESOLVE)
-                .bind(claim.id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                Some(c) => Some(c),
-                None => return Ok(None),
-            }
-        } else {
-            Some(claim.clone())
+        let updated = match sqlx::query_as::<_, Claim>(status_sql)
+            .bind(claim.id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            Some(c) => c,
+            None => return Ok(None),
         };
         sqlx::query(UPSERT)
             .bind(Uuid::new_v4())
@@ -380,7 +395,7 @@ pub async fn record_verdict(
                 .await?;
         }
         tx.commit().await?;
-        Ok(updated)
+        Ok(Some(updated))
     })
 }
 

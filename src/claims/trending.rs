@@ -2,7 +2,8 @@
 //! recency, so reading the trending list never scans the claims table.
 //!
 //! score = (views + 5 x submissions of the same text) / (age in hours + 2)^1.5
-//! over claims resolved in the last 30 days; the best 100 are stored.
+//! over claims resolved in the last 30 days; the best 100 are stored. The `trending_recompute`
+//! background job (src/jobs) runs [`recompute`] every 5 minutes.
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,11 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::store::{self, ViewTable};
-use crate::{db::Db, db_read, db_write};
+use crate::{
+    cache::{Cache, Namespace},
+    db::Db,
+    db_read, db_write,
+};
 
 pub const WINDOW_DAYS: i64 = 30;
 pub const KEEP: usize = 100;
@@ -121,16 +126,16 @@ pub async fn flush_loop(db: Db, views: Arc<ViewBuffer>, every: Duration) {
     }
 }
 
-/// Recomputes trending every `every` (the jobs scheduler takes this over when it lands).
-pub async fn recompute_loop(db: Db, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        match recompute(&db, Utc::now()).await {
-            Ok(n) => tracing::debug!(ranked = n, "trending recomputed"),
-            Err(e) => tracing::warn!(error = %e, "trending recompute failed"),
-        }
-    }
+/// [`recompute`], then forgets the cached trending lists here and in every other instance.
+/// Whatever schedules the recompute should call this.
+pub async fn recompute_and_invalidate(
+    db: &Db,
+    cache: &Cache,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let ranked = recompute(db, now).await?;
+    cache.invalidate_namespace(Namespace::ClaimsTrending).await;
+    Ok(ranked)
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub fn router() -> Router<AppState> {
         .route("/admin", get(index))
         .route("/admin/login", get(login_page).post(login))
         .route("/admin/logout", axum::routing::post(logout))
+        .route("/admin/rate-limits/unblock", axum::routing::post(unblock))
+        .route("/admin/jobs/run", axum::routing::post(run_job))
         .route("/admin/assets/{*path}", get(asset))
 }
 
@@ -134,6 +136,14 @@ async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
         chart(
             "DB pool utilization",
             &series(|x| x.pool_utilization_percent),
+            "%",
+        ),
+        chart(
+            "Cache hit ratio",
+            &s.history
+                .iter()
+                .filter_map(|x| x.cache_hit_percent)
+                .collect::<Vec<_>>(),
             "%",
         ),
         chart(
@@ -239,6 +249,87 @@ async fn logout(
         }
         _ => (StatusCode::FORBIDDEN, "Invalid session or form token.").into_response(),
     }
+}
+
+/// The admin behind a dashboard form: a valid session and the form token of that session.
+/// Otherwise the response to send instead (to the login page, or 403).
+async fn form_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<crate::accounts::User, Response> {
+    let Some((admin, token)) = session::current_admin(state, headers).await else {
+        return Err(Redirect::to("/admin/login").into_response());
+    };
+    if !session::constant_time_eq(&session::csrf_for(state, &token), csrf) {
+        return Err((StatusCode::FORBIDDEN, "Invalid session or form token.").into_response());
+    }
+    Ok(admin)
+}
+
+#[derive(Deserialize)]
+struct UnblockForm {
+    csrf: String,
+    tier: String,
+    key: String,
+}
+
+/// The "Unblock" button of the rate-limits section: lifts one block, then back to the section.
+async fn unblock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<UnblockForm>,
+) -> ApiResult<Response> {
+    let admin = match form_admin(&state, &headers, &form.csrf).await {
+        Ok(admin) => admin,
+        Err(refused) => return Ok(refused),
+    };
+    let Some(tier) = crate::ratelimit::tiers::TierId::parse(&form.tier) else {
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, "Unknown rate-limit tier.").into_response());
+    };
+    let lifted = state.limiter.lift(tier, form.key.trim()).await?;
+    tracing::info!(admin_id = %admin.id, tier = tier.name(), lifted, "admin lifted a rate-limit block from the dashboard");
+    Ok(Redirect::to("/admin#ratelimits").into_response())
+}
+
+#[derive(Deserialize)]
+struct RunJobForm {
+    csrf: String,
+    job: String,
+}
+
+/// The "Run now" button of the jobs section: starts the job in the background (as
+/// `POST /api/v1/admin/jobs/{name}/run` does), then back to the section.
+async fn run_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<RunJobForm>,
+) -> ApiResult<Response> {
+    let admin = match form_admin(&state, &headers, &form.csrf).await {
+        Ok(admin) => admin,
+        Err(refused) => return Ok(refused),
+    };
+    match state
+        .jobs
+        .is_running_anywhere(&state.db, &form.job, chrono::Utc::now())
+        .await
+    {
+        Ok(false) => {}
+        Ok(true) => {
+            return Ok((
+                StatusCode::CONFLICT,
+                "The job is running; try again when it has finished.",
+            )
+                .into_response());
+        }
+        Err(crate::jobs::scheduler::RunError::UnknownJob(_)) => {
+            return Ok((StatusCode::NOT_FOUND, "No such job.").into_response());
+        }
+        Err(e) => return Err(crate::error::ApiError::Internal(anyhow::anyhow!("{e}"))),
+    }
+    tracing::info!(admin_id = %admin.id, job = %form.job, "manual job run requested from the dashboard");
+    state.jobs.spawn_manual(&state, form.job);
+    Ok(Redirect::to("/admin#jobs").into_response())
 }
 
 /// Embedded static files with their content hash as ETag.

@@ -23,9 +23,9 @@ macro_rules! migrations {
 }
 
 pub fn sqlite() -> Migrator {
-    migrations!("sqlite": 1 "accounts", 2 "factcheck")
+    migrations!("sqlite": 1 "accounts", 2 "factcheck", 3 "vault", 4 "jobs", 5 "ai")
 }
 
 pub fn postgres() -> Migrator {
-    migrations!("postgres": 1 "accounts", 2 "factcheck")
+    migrations!("postgres": 1 "accounts", 2 "factcheck", 3 "vault", 4 "jobs", 5 "ai")
 }

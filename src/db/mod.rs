@@ -38,6 +38,8 @@ const REPLICA_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct Db {
     backend: Backend,
     slow: Arc<SlowQueryLog>,
+    /// Last probe checkout wait per pool in microseconds (primary, replica); `u64::MAX` = none yet.
+    acquire_wait_us: Arc<[AtomicU64; 2]>,
     slow_threshold: Duration,
 }
 
@@ -85,6 +87,8 @@ pub struct PoolStats {
     pub size: u32,
     pub idle: u32,
     pub in_use: u32,
+    /// The last probe checkout's wait (sampled every 5 s); `None` before the first probe.
+    pub acquire_wait_ms: Option<f64>,
     pub max: u32,
 }
 
@@ -146,6 +150,7 @@ impl Db {
         Ok(Self {
             backend,
             slow: Arc::new(SlowQueryLog::new(200)),
+            acquire_wait_us: Arc::new([AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)]),
             slow_threshold: config.slow_query_threshold,
         })
     }
@@ -203,6 +208,15 @@ impl Db {
     }
 
     pub fn pool_stats(&self) -> Vec<PoolStats> {
+        let mut pools = self.pool_sizes();
+        for p in &mut pools {
+            let us = self.acquire_wait_us[usize::from(p.pool == "replica")].load(Ordering::Relaxed);
+            p.acquire_wait_ms = (us != u64::MAX).then(|| us as f64 / 1000.0);
+        }
+        pools
+    }
+
+    fn pool_sizes(&self) -> Vec<PoolStats> {
         fn stats<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
             let size = pool.size();
             let idle = pool.num_idle() as u32;
@@ -211,6 +225,7 @@ impl Db {
                 size,
                 idle,
                 in_use: size.saturating_sub(idle),
+                acquire_wait_ms: None,
                 max: pool.options().get_max_connections(),
             }
         }
@@ -224,6 +239,34 @@ impl Db {
                 v
             }
         }
+    }
+
+    /// Times one connection checkout per pool, as a request would wait for it now. Run by the
+    /// sampler, so saturation shows even between requests.
+    pub async fn probe_acquire(&self) -> Vec<(&'static str, Result<Duration, sqlx::Error>)> {
+        async fn probe<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Result<Duration, sqlx::Error> {
+            let started = Instant::now();
+            pool.acquire().await.map(|_conn| started.elapsed())
+        }
+        let probes = match &self.backend {
+            Backend::Sqlite(pool) => vec![("primary", probe(pool).await)],
+            Backend::Postgres(pg) => {
+                let mut v = vec![("primary", probe(&pg.primary).await)];
+                if let Some(r) = pg.healthy_replica() {
+                    v.push(("replica", probe(r).await));
+                }
+                v
+            }
+        };
+        for (pool, waited) in &probes {
+            if let Ok(waited) = waited {
+                self.acquire_wait_us[usize::from(*pool == "replica")]
+                    .store(waited.as_micros() as u64, Ordering::Relaxed);
+            } else if matches!(waited, Err(sqlx::Error::PoolTimedOut)) {
+                ACQUIRE_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        probes
     }
 
     pub fn slow_queries(&self) -> &SlowQueryLog {
@@ -268,6 +311,10 @@ fn pg_options(url: &str, config: &Config) -> anyhow::Result<PgConnectOptions> {
         )])
         .log_statements(tracing::log::LevelFilter::Trace))
 }
+
+/// Connection waits that hit `DB_ACQUIRE_TIMEOUT` since start (requests and probes), for the
+/// dashboard; Prometheus counts the same in `hakikisha_db_pool_acquire_timeouts_total`.
+pub static ACQUIRE_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 /// True when the error means "the database cannot serve right now" (503), not "the query is wrong".
 pub fn is_unavailable(e: &sqlx::Error) -> bool {

@@ -89,6 +89,8 @@ pub struct HealthChecks {
     pub database_replica: DependencyCheck,
     pub redis: DependencyCheck,
     pub ai_provider: DependencyCheck,
+    /// Where rate limits are counted; `fallback` while Redis is away.
+    pub rate_limiter: crate::ratelimit::HealthView,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -144,16 +146,41 @@ async fn health(State(state): State<AppState>, MaybeUser(user): MaybeUser) -> im
         latency_ms: None,
         detail: None,
     };
+    let redis = match &state.redis {
+        None => not_configured(),
+        Some(redis) => match redis.ping().await {
+            Ok(latency) => DependencyCheck {
+                status: "up",
+                latency_ms: Some(latency.as_secs_f64() * 1000.0),
+                detail: None,
+            },
+            Err(_) => DependencyCheck {
+                status: "down",
+                latency_ms: None,
+                detail: Some(
+                    "not connected; serving from in-process fallbacks (rate limits counted per instance)"
+                        .into(),
+                ),
+            },
+        },
+    };
+    let (ai_status, ai_detail) = state.ai.health_status();
     let checks = HealthChecks {
         database,
         database_replica: replica,
-        redis: not_configured(),
-        ai_provider: not_configured(),
+        redis,
+        ai_provider: DependencyCheck {
+            status: ai_status,
+            latency_ms: None,
+            detail: ai_detail,
+        },
+        rate_limiter: state.limiter.health(),
     };
     let down = checks.database.status != "up";
     let degraded = [&checks.database_replica, &checks.redis, &checks.ai_provider]
         .iter()
-        .any(|c| c.status == "down");
+        .any(|c| c.status == "down")
+        || checks.rate_limiter.fallback;
     let status = if down {
         "down"
     } else if degraded {

@@ -46,6 +46,9 @@ use crate::{accounts, config::Config, error::ApiError, state::AppState};
         (name = "blogs", description = "Articles by fact-checkers"),
         (name = "notifications", description = "In-app notifications"),
         (name = "ops", description = "Health and readiness"),
+        (name = "vault", description = "API-key vault: sealed secrets, reveal, rotation, expiry"),
+        (name = "usage", description = "Usage statistics of vault keys"),
+        (name = "ai", description = "AI-assisted fact-checking and chat"),
     )
 )]
 struct ApiDoc;
@@ -79,17 +82,90 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(crate::blogs::router())
         .merge(crate::notifications::router())
         .merge(crate::dashboard::api_router())
+        .merge(crate::ratelimit::admin::router())
+        .merge(crate::vault::router())
+        .merge(crate::usage::router())
+        .merge(crate::jobs::routes::router())
+        .merge(crate::ai::routes::router())
 }
 
 /// The OpenAPI document served at `/api/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    let mut spec = api().into_openapi();
+    document_problems(&mut spec);
+    spec
+}
+
+/// Every error leaves as `application/problem+json` (see `ApiError`), and some errors can come from
+/// any operation of a kind (a malformed body, a missing token, the rate limiter), so instead of
+/// repeating them on 70 handlers they are added here, after all routers are merged: error responses
+/// declared with `body = Problem` get the real content type, and each operation gains the shared
+/// failures it can actually produce. Found by fuzzing the API with schemathesis.
+fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    crate::error::PROBLEM_JSON,
+                    Content::new(Some(Ref::from_schema_name("Problem"))),
+                )
+                .build(),
+        )
+    };
+    for item in spec.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            let has_body = op.request_body.is_some();
+            let has_input = has_body || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let responses = &mut op.responses.responses;
+            for (status, response) in responses.iter_mut() {
+                if !(status.starts_with('4') || status.starts_with('5')) {
+                    continue;
+                }
+                if let RefOr::T(response) = response
+                    && let Some(content) = response.content.shift_remove("application/json")
+                {
+                    response
+                        .content
+                        .insert(crate::error::PROBLEM_JSON.to_owned(), content);
+                }
+            }
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(description));
+            };
+            if has_input {
+                add("400", "Malformed request (query, path or body)");
+                add("422", "Well-formed but invalid input");
+            }
+            if has_body {
+                add("413", "Request body too large");
+                add("415", "Body is not JSON");
+            }
+            if secured {
+                add("401", "Missing, invalid or expired token");
+                add("403", "The account may not do this");
+            }
+            add("429", "Rate limited; see Retry-After");
+        }
+    }
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
-    let (routes, spec) = api().split_for_parts();
+    let (routes, mut spec) = api().split_for_parts();
+    document_problems(&mut spec);
     let spec_json = spec.to_json().unwrap_or_else(|_| "{}".into());
     let config = state.config.clone();
     let routes = routes
@@ -102,7 +178,13 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::dashboard::router())
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        // Innermost: after routing (so it sees every route, the fallback included) and inside
+        // the metrics layer, which counts its 429s.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::middleware,
+        ));
     with_middleware(routes, &config).with_state(state)
 }
 

@@ -121,6 +121,8 @@ pub struct Sample {
     pub pool_utilization_percent: f64,
     pub rss_bytes: u64,
     pub cpu_percent: f32,
+    /// Cache lookups answered without a load since the previous sample; `None` without lookups.
+    pub cache_hit_percent: Option<f64>,
 }
 
 /// Bounded history: `capacity` samples, the oldest dropped first.
@@ -145,6 +147,7 @@ impl History {
         pool_utilization_percent: f64,
         rss_bytes: u64,
         cpu_percent: f32,
+        cache_hit_percent: Option<f64>,
     ) -> Option<Sample> {
         let now = HTTP.snapshot();
         let (delta, secs) = {
@@ -168,6 +171,7 @@ impl History {
             pool_utilization_percent,
             rss_bytes,
             cpu_percent,
+            cache_hit_percent,
         };
         let mut samples = self.samples.lock().ok()?;
         if samples.len() == self.capacity {
@@ -208,7 +212,7 @@ mod tests {
     fn history_is_bounded() {
         let h = History::new(3);
         for _ in 0..5 {
-            h.sample(10.0, 1, 0.0);
+            h.sample(10.0, 1, 0.0, None);
         }
         assert_eq!(h.samples().len(), 3);
     }

@@ -165,7 +165,7 @@ backend_tests! {
         for (id, views) in &ids {
             store::add_views(&app.db, store::ViewTable::Claims, &[(id.parse().unwrap(), *views)]).await.unwrap();
         }
-        assert_eq!(trending::recompute(&app.db, Utc::now()).await.unwrap(), 3);
+        assert_eq!(trending::recompute_and_invalidate(&app.db, &app.state.cache, Utc::now()).await.unwrap(), 3);
         let res = app.get("/api/v1/claims/trending", None).await;
         let order: Vec<&str> = res.body["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
         assert_eq!(order, vec![ids[1].0.as_str(), ids[2].0.as_str(), ids[0].0.as_str()]);
@@ -184,6 +184,27 @@ backend_tests! {
         app.state.views.flush(&app.db).await.unwrap();
         let after = store::get(&app.db, id.parse().unwrap()).await.unwrap().unwrap();
         assert_eq!(after.view_count, 5);
+    }
+
+    async fn buffered_views_reach_the_database_every_flush_interval(app)
+        with &[("VIEW_FLUSH_INTERVAL", "200ms")];
+    {
+        let (_, citizen) = app.user_with_role("citizen", "user").await;
+        let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+        let id = app.submit_claim(&citizen, "The stadium holds eighty thousand people", "sports").await;
+        app.resolve_claim(&checker, &id, "true").await;
+        for _ in 0..3 {
+            app.get(&format!("/api/v1/claims/{id}"), None).await.assert(200);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let claim = store::get(&app.db, id.parse().unwrap()).await.unwrap().unwrap();
+            if claim.view_count == 3 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "views not written: {}", claim.view_count);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     async fn pages_have_no_gaps_or_duplicates_while_claims_are_added(app) {

@@ -27,7 +27,90 @@ fn cookie_value(res: &reqwest::Response, name: &str) -> Option<String> {
         })
 }
 
+/// Signs in to the dashboard as the bootstrapped admin: (client, session cookie, form token).
+async fn admin_session(app: &crate::helpers::TestApp) -> (reqwest::Client, String, String) {
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let page = client
+        .get(format!("{}/admin/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_value(&page, "hk_csrf").unwrap();
+    let csrf = hidden_csrf(&page.text().await.unwrap());
+    let ok = client
+        .post(format!("{}/admin/login", app.base))
+        .header("cookie", format!("hk_csrf={cookie}"))
+        .form(&[
+            ("login", "root"),
+            ("password", crate::helpers::ADMIN_PASSWORD),
+            ("csrf", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let session = cookie_value(&ok, "hk_admin").unwrap();
+    let html = client
+        .get(format!("{}/admin", app.base))
+        .header("cookie", format!("hk_admin={session}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let form_token = hidden_csrf(&html);
+    (client, session, form_token)
+}
+
 backend_tests! {
+    async fn the_run_now_and_unblock_buttons_act_and_need_the_form_token(app)
+        with &[("RATE_LIMIT_AUTH", "2/15m")];
+    {
+        let (client, session, csrf) = admin_session(&app).await;
+        let post = |path: &'static str, form: Vec<(&'static str, String)>| {
+            client.post(format!("{}{path}", app.base))
+                .header("cookie", format!("hk_admin={session}"))
+                .form(&form)
+                .send()
+        };
+        // Run now: a forged token changes nothing; the real one starts the job.
+        let forged = post("/admin/jobs/run", vec![("csrf", "forged".into()), ("job", "daily_report".into())]).await.unwrap();
+        assert_eq!(forged.status(), 403);
+        let unknown = post("/admin/jobs/run", vec![("csrf", csrf.clone()), ("job", "nope".into())]).await.unwrap();
+        assert_eq!(unknown.status(), 404);
+        let started = post("/admin/jobs/run", vec![("csrf", csrf.clone()), ("job", "daily_report".into())]).await.unwrap();
+        assert_eq!(started.status(), StatusCode::SEE_OTHER);
+        let admin = app.admin_token().await;
+        let mut ran = false;
+        for _ in 0..100 {
+            let runs = app.get("/api/v1/admin/jobs/daily_report/runs", Some(&admin)).await;
+            if runs.body["items"].as_array().is_some_and(|a| a.iter().any(|r| r["status"] == "ok")) {
+                ran = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(ran, "the dashboard's run-now started daily_report");
+
+        // Unblock: exceed the auth tier from a client, see it listed, lift it.
+        for _ in 0..3 {
+            app.post("/api/v1/auth/refresh", None, serde_json::json!({"refresh_token": "nope"})).await;
+        }
+        app.post("/api/v1/auth/refresh", None, serde_json::json!({"refresh_token": "nope"})).await.assert(429);
+        let page = client.get(format!("{}/admin", app.base)).header("cookie", format!("hk_admin={session}"))
+            .send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("ip:127.0.0.1"), "the blocked client is listed");
+        let forged = post("/admin/rate-limits/unblock", vec![("csrf", "forged".into()), ("tier", "auth".into()), ("key", "ip:127.0.0.1".into())]).await.unwrap();
+        assert_eq!(forged.status(), 403);
+        let lifted = post("/admin/rate-limits/unblock", vec![("csrf", csrf.clone()), ("tier", "auth".into()), ("key", "ip:127.0.0.1".into())]).await.unwrap();
+        assert_eq!(lifted.status(), StatusCode::SEE_OTHER);
+        assert_ne!(app.post("/api/v1/auth/refresh", None, serde_json::json!({"refresh_token": "nope"})).await.status, 429);
+    }
+
     async fn an_admin_signs_in_and_sees_every_section(app) {
         let client = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
         let url = |p: &str| format!("{}{p}", app.base);
@@ -62,6 +145,13 @@ backend_tests! {
         assert!(session_cookie.contains("HttpOnly") && session_cookie.contains("SameSite=Strict"));
         let session = cookie_value(&ok, "hk_admin").unwrap();
 
+        // User-provided text on the page: a resolved claim whose text is markup.
+        let (_, submitter) = app.user_with_role("markup", "user").await;
+        let admin = app.admin_token().await;
+        let claim = app.submit_claim(&submitter, "<script>alert(1)</script> The dam opened in 1961", "other").await;
+        app.resolve_claim(&admin, &claim, "false").await;
+        app.submit_claim(&submitter, "A second claim that waits for review", "health").await;
+
         // Traffic for the charts, then one sampler tick's worth of data may or may not exist yet.
         for _ in 0..5 {
             app.get("/api/health", None).await;
@@ -71,9 +161,12 @@ backend_tests! {
         assert!(dash.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
         assert!(dash.headers().contains_key("content-security-policy"));
         let html = dash.text().await.unwrap();
-        for section in ["id=\"overview\"", "id=\"history\"", "id=\"database\"", "Slow queries", "Requests per second", "DB pool utilization"] {
+        for section in ["id=\"overview\"", "id=\"history\"", "id=\"database\"", "id=\"factcheck\"", "id=\"cache\"", "id=\"ratelimits\"", "id=\"vault\"", "id=\"jobs\"", "id=\"ai\"", "AI-assisted verdicts", "id=\"report\"", "Run now", "trending_recompute", "Cache hit ratio", "Blocked clients", "Slow queries", "Requests per second", "DB pool utilization", "Latest verdicts", "Acquire wait (probe)"] {
             assert!(html.contains(section), "missing {section}");
         }
+        let shown = html.lines().find(|l| l.contains("The dam opened")).unwrap_or_default().to_owned();
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62; The dam opened in 1961"), "claim text shown escaped: {shown}");
+        assert!(!html.contains("<script>alert(1)"), "claim markup must never reach the page raw");
         assert!(!html.contains("cdn") && !html.contains("https://"), "no external resources");
 
         // A user's API token is not a dashboard session, and a forged cookie is not either.
@@ -108,7 +201,12 @@ backend_tests! {
         assert_eq!(stats.body["dependencies"][0]["status"], "up");
         assert!(stats.body["pools"][0]["max"].as_u64().unwrap() >= 1);
         assert!(stats.body["process"]["rss_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(stats.body["factcheck"]["review_queue"], 0);
         let (_, user) = app.user_with_role("nosy", "user").await;
+        app.submit_claim(&user, "Claims waiting for review show in the stats", "other").await;
+        let stats = app.get("/api/system/stats", Some(&admin)).await;
+        assert_eq!(stats.body["factcheck"]["review_queue"], 1);
+        assert_eq!(stats.body["factcheck"]["claims_by_status"][0]["status"], "pending");
         app.get("/api/system/stats", Some(&user)).await.assert(403);
         app.get("/api/system/stats", None).await.assert(401);
     }

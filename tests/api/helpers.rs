@@ -41,6 +41,20 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Status, headers and the body as JSON (or as a JSON string when it is not JSON).
+    pub async fn read(res: reqwest::Response) -> Self {
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn is_problem(&self) -> bool {
         self.headers
             .get("content-type")
@@ -87,6 +101,21 @@ pub fn require_services() -> bool {
     std::env::var("HAKIKISHA_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
+/// `HAKIKISHA_TEST_REDIS_URL`, or `None` after a loud skip notice (a failure when
+/// `HAKIKISHA_REQUIRE_SERVICES=1`).
+pub fn test_redis_url() -> Option<String> {
+    match std::env::var("HAKIKISHA_TEST_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) if require_services() => {
+            panic!("HAKIKISHA_REQUIRE_SERVICES=1 but HAKIKISHA_TEST_REDIS_URL is not set")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED (Redis): set HAKIKISHA_TEST_REDIS_URL to run this with Redis");
+            None
+        }
+    }
+}
+
 /// The base settings of every test app: fast password hashing, no metrics listener.
 pub fn base_env() -> HashMap<String, String> {
     [
@@ -100,7 +129,20 @@ pub fn base_env() -> HashMap<String, String> {
         ("DB_POOL_MIN", "0"),
         ("DB_POOL_MAX", "5"),
         ("DB_CONNECT_TIMEOUT", "10s"),
-        ("TRENDING_INTERVAL", "1h"),
+        // Every test talks from 127.0.0.1 and signs in many times: generous limits here; the
+        // rate-limit tests set small ones.
+        ("RATE_LIMIT_GENERAL", "1000000/15m"),
+        ("RATE_LIMIT_AUTH", "100000/15m"),
+        ("RATE_LIMIT_AI", "100000/15m"),
+        ("RATE_LIMIT_KEY_CREATION", "100000/1h"),
+        ("RATE_LIMIT_HEAVY", "100000/1h"),
+        // The vault's KDF at test cost; the defaults are covered by config and crypto tests.
+        ("VAULT_KDF_MEMORY_KIB", "64"),
+        ("VAULT_KDF_ITERATIONS", "1"),
+        // Unrelated tests must not race scheduled jobs; tests/api/jobs.rs turns it on.
+        ("JOBS_ENABLED", "false"),
+        // View counts are flushed by the tests that look at them.
+        ("VIEW_FLUSH_INTERVAL", "1h"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -153,11 +195,53 @@ impl TestApp {
                     format!("{url}{sep}options[search_path]={schema}"),
                 );
                 pg_schema = Some((url, schema));
+                // The service variant runs with Redis too, under a key prefix of its own.
+                if let Some(redis) = test_redis_url() {
+                    env.insert("REDIS_URL".into(), redis);
+                    env.insert(
+                        "REDIS_KEY_PREFIX".into(),
+                        format!("test:{}:", uuid::Uuid::new_v4().simple()),
+                    );
+                }
             }
         }
         for (k, v) in overrides {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
+        Some(Self::start(env, backend, dir, pg_schema).await)
+    }
+
+    /// A second instance sharing this one's database, Redis and key prefix, as a replica
+    /// behind a load balancer would. It does not own the database: dropping it drops nothing.
+    pub async fn spawn_sibling(&self) -> Self {
+        self.spawn_sibling_with(&[]).await
+    }
+
+    /// [`TestApp::spawn_sibling`] with extra settings.
+    pub async fn spawn_sibling_with(&self, overrides: &[(&str, &str)]) -> Self {
+        use secrecy::ExposeSecret;
+        let config = &self.state.config;
+        let mut env = base_env();
+        env.insert(
+            "DATABASE_URL".into(),
+            config.database_url.expose_secret().to_owned(),
+        );
+        if let Some(url) = &config.redis_url {
+            env.insert("REDIS_URL".into(), url.expose_secret().to_owned());
+        }
+        env.insert("REDIS_KEY_PREFIX".into(), config.redis_key_prefix.clone());
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        Self::start(env, self.backend, None, None).await
+    }
+
+    async fn start(
+        env: HashMap<String, String>,
+        backend: Backend,
+        dir: Option<tempfile::TempDir>,
+        pg_schema: Option<(String, String)>,
+    ) -> Self {
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let app = App::build(config).await.expect("app builds");
         let db = app.state.db.clone();
@@ -170,7 +254,7 @@ impl TestApp {
         let server = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
         }));
-        Some(Self {
+        Self {
             addr,
             base: format!("http://{addr}"),
             client: reqwest::Client::builder()
@@ -184,7 +268,7 @@ impl TestApp {
             server: Some(server),
             _dir: dir,
             pg_schema,
-        })
+        }
     }
 
     /// Asks the server to shut down (as SIGTERM does).
@@ -208,17 +292,7 @@ impl TestApp {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req.send().await.expect("request sent");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.bytes().await.expect("body");
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        Resp::read(req.send().await.expect("request sent")).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
@@ -350,10 +424,13 @@ impl Drop for TestApp {
 }
 
 /// Defines a test body once and runs it on SQLite and PostgreSQL:
-/// `backend_tests! { async fn name(app) { ... } }` gives `name::sqlite` and `name::postgres`.
+/// `backend_tests! { async fn name(app) { ... } }` gives `name::sqlite` and `name::postgres`;
+/// `async fn name(app) with &[("VAR", "value")]; { ... }` starts the app with extra settings.
 #[macro_export]
 macro_rules! backend_tests {
-    ($(async fn $name:ident($app:ident) $body:block)*) => {
+    (@env) => { &[] };
+    (@env $env:expr) => { $env };
+    ($(async fn $name:ident($app:ident) $(with $env:expr;)? $body:block)*) => {
         $(
             mod $name {
                 #[allow(unused_imports)]
@@ -365,14 +442,16 @@ macro_rules! backend_tests {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    if let Some(app) = TestApp::spawn(Backend::Sqlite).await {
+                    let env: &[(&str, &str)] = $crate::backend_tests!(@env $($env)?);
+                    if let Some(app) = TestApp::spawn_with(Backend::Sqlite, env).await {
                         body(app).await;
                     }
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    if let Some(app) = TestApp::spawn(Backend::Postgres).await {
+                    let env: &[(&str, &str)] = $crate::backend_tests!(@env $($env)?);
+                    if let Some(app) = TestApp::spawn_with(Backend::Postgres, env).await {
                         body(app).await;
                     }
                 }

@@ -1,0 +1,160 @@
+//! HTTP caching for JSON reads: `ETag`, `Cache-Control`, `Vary` and `304 Not Modified`.
+//!
+//! Take [`Conditional`] as an extractor and answer with [`Conditional::respond`]. The ETag is a
+//! hash of the serialized body, so every instance computes the same tag for the same data and a
+//! client revalidating against another replica still gets its 304.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// Who may store a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Shared caches may keep it for `max_age` (whole seconds, capped at 60).
+    Public { max_age: Duration },
+    /// Only the client's own cache, and it must revalidate (the ETag makes that cheap).
+    Private,
+}
+
+impl Visibility {
+    pub fn cache_control(self) -> String {
+        match self {
+            Self::Public { max_age } => format!(
+                "public, max-age={}",
+                max_age.min(super::MAX_CLIENT_AGE).as_secs()
+            ),
+            Self::Private => "private, no-cache".to_owned(),
+        }
+    }
+}
+
+/// The request's `If-None-Match`. Never rejects.
+#[derive(Debug, Clone, Default)]
+pub struct Conditional {
+    if_none_match: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Conditional {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self {
+            if_none_match: parts
+                .headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        })
+    }
+}
+
+impl Conditional {
+    /// `200` with the JSON body, or `304` without one when the client already has it.
+    pub fn respond<T: Serialize + ?Sized>(&self, body: &T, visibility: Visibility) -> Response {
+        let bytes = match serde_json::to_vec(body) {
+            Ok(b) => b,
+            Err(e) => return ApiError::Internal(e.into()).into_response(),
+        };
+        let tag = etag(&bytes);
+        let headers = [
+            (header::ETAG, header_value(&tag)),
+            (
+                header::CACHE_CONTROL,
+                header_value(&visibility.cache_control()),
+            ),
+            // The same URL answers differently with credentials (e.g. a submitter's own claim).
+            (header::VARY, HeaderValue::from_static("authorization")),
+        ];
+        if self
+            .if_none_match
+            .as_deref()
+            .is_some_and(|given| matches(given, &tag))
+        {
+            return (StatusCode::NOT_MODIFIED, headers).into_response();
+        }
+        (
+            StatusCode::OK,
+            headers,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response()
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A weak validator (`W/"..."`): the response may be compressed on the way out, so the bytes
+/// on the wire are not always the ones hashed.
+pub fn etag(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("W/\"{hex}\"")
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 13.1.2): `*` or any listed tag equal to
+/// ours once the `W/` prefixes are ignored.
+fn matches(if_none_match: &str, tag: &str) -> bool {
+    let ours = tag.trim_start_matches("W/");
+    if_none_match.trim() == "*"
+        || if_none_match
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_comparison_ignores_the_weak_prefix_and_reads_lists() {
+        let tag = etag(b"{}");
+        assert!(tag.starts_with("W/\""));
+        assert!(matches(&tag, &tag));
+        assert!(matches(tag.trim_start_matches("W/"), &tag));
+        assert!(matches(&format!("\"other\", {tag}"), &tag));
+        assert!(matches("*", &tag));
+        assert!(!matches("\"other\"", &tag));
+        assert_ne!(etag(b"{}"), etag(b"[]"));
+    }
+
+    #[test]
+    fn public_max_age_is_capped() {
+        let long = Visibility::Public {
+            max_age: Duration::from_secs(3600),
+        };
+        assert_eq!(long.cache_control(), "public, max-age=60");
+        assert_eq!(Visibility::Private.cache_control(), "private, no-cache");
+    }
+
+    #[tokio::test]
+    async fn a_matching_tag_gets_304_without_a_body() {
+        let body = serde_json::json!({"a": 1});
+        let first = Conditional::default().respond(&body, Visibility::Private);
+        assert_eq!(first.status(), StatusCode::OK);
+        let tag = first.headers()[header::ETAG].to_str().unwrap().to_owned();
+        let again = Conditional {
+            if_none_match: Some(tag.clone()),
+        }
+        .respond(&body, Visibility::Private);
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(again.headers()[header::ETAG], tag.as_str());
+        let bytes = axum::body::to_bytes(again.into_body(), 1024).await.unwrap();
+        assert!(bytes.is_empty());
+    }
+}

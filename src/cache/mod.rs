@@ -1,0 +1,742 @@
+//! The two-layer read cache: moka in process in front of Redis, shared by every instance.
+//!
+//! Callers use [`Cache::get_or_load`] with a [`Namespace`], a [`Scope`] (public, or one user's
+//! data) and a TTL, and [`Cache::invalidate`] / [`Cache::invalidate_namespace`] after writes.
+//! Nobody else talks to Redis for cached data.
+//!
+//! - **Layers.** A memory hit costs a hash lookup; a memory miss asks Redis (bounded by
+//!   `REDIS_TIMEOUT`), then the loader. Concurrent misses on one key run that whole sequence
+//!   once (moka's `try_get_with`), so a stampede costs one Redis read or one load.
+//! - **TTL.** Each entry carries its own deadline (moka `Expiry`), and Redis stores the same
+//!   absolute deadline (`PXAT` plus an envelope), so an entry copied from Redis into memory never
+//!   outlives the first load.
+//! - **Invalidation.** A key invalidation drops the memory entry, deletes the Redis key and
+//!   publishes on `{prefix}cache:invalidate`; every other instance drops its memory entry. A
+//!   namespace invalidation increments the namespace's generation in Redis (part of every key,
+//!   so no KEYS/SCAN is needed) and publishes the new generation. Each instance also keeps a
+//!   local epoch per namespace in its memory keys, so loads already in flight cannot resurrect
+//!   invalidated data locally.
+//! - **Redis down or slow.** Every Redis call is skipped while disconnected and bounded by
+//!   `REDIS_TIMEOUT` otherwise; failures are counted (`hakikisha_cache_errors_total`) and treated
+//!   as misses. Invalidations that could not reach Redis mark their namespace dirty; when Redis
+//!   is back the sync task re-reads the generations, drops the memory layer (messages may have
+//!   been missed) and bumps every dirty namespace, so no instance serves data older than the
+//!   outage's writes from Redis.
+
+pub mod http;
+mod stats;
+mod sync;
+
+use std::{
+    any::Any,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use fred::{interfaces::KeysInterface, types::Expiration};
+use moka::{Expiry, notification::RemovalCause};
+use serde::{Serialize, de::DeserializeOwned};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use self::stats::Stats;
+pub use self::{
+    http::{Conditional, Visibility},
+    stats::{ErrorKind, Layer, NamespaceStats},
+};
+use crate::{
+    error::{ApiError, ApiResult},
+    redis::Redis,
+};
+
+/// The pub/sub channel (under `REDIS_KEY_PREFIX`) carrying invalidations.
+pub const CHANNEL: &str = "cache:invalidate";
+/// `Cache-Control: max-age` never exceeds this, whatever the remaining TTL: browsers and CDNs
+/// cannot be told about an invalidation.
+pub const MAX_CLIENT_AGE: Duration = Duration::from_secs(60);
+
+/// What is cached. One namespace per kind of data, each invalidated independently; the set is
+/// fixed so metric labels stay bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    /// Public detail of a resolved claim (`GET claims/{id}`).
+    Claims,
+    /// The trending claims list.
+    ClaimsTrending,
+    /// Public profiles (`GET users/{username}`).
+    Profiles,
+    /// Published articles: lists, trending and detail.
+    Blogs,
+    /// AI responses.
+    Ai,
+    /// Vault key lists (per user).
+    Keys,
+}
+
+impl Namespace {
+    pub const ALL: [Namespace; 6] = [
+        Self::Claims,
+        Self::ClaimsTrending,
+        Self::Profiles,
+        Self::Blogs,
+        Self::Ai,
+        Self::Keys,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Claims => "claims",
+            Self::ClaimsTrending => "claims_trending",
+            Self::Profiles => "profiles",
+            Self::Blogs => "blogs",
+            Self::Ai => "ai",
+            Self::Keys => "keys",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|ns| ns.as_str() == s)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whose data an entry is. There is no default: every caller must decide, and per-user data
+/// lives under keys no other user can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The same for everyone; only ever put data here that an anonymous client may see.
+    Public,
+    /// One user's data.
+    PerUser(Uuid),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Public => f.write_str("pub"),
+            Self::PerUser(id) => write!(f, "u.{}", id.simple()),
+        }
+    }
+}
+
+/// TTLs by kind of data (`CACHE_TTL_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
+    /// `CACHE_DEFAULT_TTL`: anything without a TTL of its own (claim detail).
+    pub default: Duration,
+    pub ai: Duration,
+    pub profiles: Duration,
+    pub trending: Duration,
+    pub blogs: Duration,
+    pub keys: Duration,
+}
+
+impl Default for Ttls {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Self {
+            default: min(5),
+            ai: min(5),
+            profiles: min(10),
+            trending: min(5),
+            blogs: min(60),
+            keys: min(5),
+        }
+    }
+}
+
+/// `CACHE_*` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// `CACHE_MAX_KEYS`: bound of the memory layer.
+    pub max_keys: u64,
+    pub ttls: Ttls,
+    /// Repeat every invalidation after this delay. Set when reads go to a replica: a miss
+    /// right after a write may load the old row from a lagging replica and cache it, and the
+    /// repeat drops that copy once the replica has caught up.
+    pub repeat_invalidation_after: Option<Duration>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: 10_000,
+            ttls: Ttls::default(),
+            repeat_invalidation_after: None,
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Redis,
+    /// The loader ran.
+    Loader,
+}
+
+/// A value from the cache with its deadline.
+#[derive(Debug)]
+pub struct Cached<T> {
+    pub value: Arc<T>,
+    pub source: Source,
+    expires_at: Instant,
+}
+
+impl<T> Cached<T> {
+    /// Time left before the entry expires.
+    pub fn remaining(&self) -> Duration {
+        self.expires_at.saturating_duration_since(Instant::now())
+    }
+
+    /// `Cache-Control` for a public response built from this value: the remaining TTL, at most
+    /// [`MAX_CLIENT_AGE`].
+    pub fn public(&self) -> Visibility {
+        Visibility::Public {
+            max_age: self.remaining().min(MAX_CLIENT_AGE),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Arc<dyn Any + Send + Sync>,
+    expires_at: Instant,
+    source: Source,
+}
+
+/// Per-entry TTL: each entry expires at the deadline it carries.
+struct EntryExpiry;
+
+impl Expiry<String, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &String, value: &Entry, now: Instant) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Entry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(now))
+    }
+}
+
+/// The cache. Cheap to clone; every clone shares the same layers.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    memory: moka::future::Cache<String, Entry>,
+    redis: Option<Redis>,
+    config: CacheConfig,
+    /// Shared generation per namespace, mirrored from Redis; part of memory and Redis keys.
+    generations: [AtomicU64; Namespace::ALL.len()],
+    /// Local epoch per namespace, part of memory keys only.
+    epochs: [AtomicU64; Namespace::ALL.len()],
+    /// Namespaces with an invalidation that did not reach Redis.
+    dirty: [AtomicBool; Namespace::ALL.len()],
+    /// Whether this instance currently receives other instances' invalidations.
+    listening: AtomicBool,
+    stats: Arc<Stats>,
+    /// Identifies this instance's own messages.
+    instance: String,
+}
+
+/// Dashboard figures.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+pub struct CacheSnapshot {
+    /// `disabled` (no `REDIS_URL`), `up` or `down`.
+    pub redis: &'static str,
+    /// Whether invalidations from other instances are being received.
+    pub listening: bool,
+    pub max_keys: u64,
+    /// Memory entries held now.
+    pub entries: u64,
+    /// Over all namespaces: (memory hits + Redis hits) / lookups.
+    pub hit_ratio: Option<f64>,
+    pub namespaces: Vec<NamespaceStats>,
+}
+
+/// What [`Cache::cleanup`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CleanupReport {
+    pub entries: u64,
+    pub max_keys: u64,
+}
+
+impl Cache {
+    pub fn new(config: CacheConfig, redis: Option<Redis>) -> Self {
+        if redis.is_some() {
+            // Zero series from the start, so a panel or alert reads 0 instead of "no data".
+            for ns in Namespace::ALL {
+                for kind in [
+                    stats::ErrorKind::Unavailable,
+                    stats::ErrorKind::Timeout,
+                    stats::ErrorKind::Command,
+                    stats::ErrorKind::Decode,
+                ] {
+                    metrics::counter!(
+                        "hakikisha_cache_errors_total",
+                        "layer" => Layer::Redis.as_str(),
+                        "namespace" => ns.as_str(),
+                        "kind" => kind.as_str(),
+                    )
+                    .increment(0);
+                }
+            }
+        }
+        let stats = Arc::new(Stats::default());
+        let listener_stats = stats.clone();
+        let memory = moka::future::Cache::builder()
+            .name("hakikisha")
+            .max_capacity(config.max_keys)
+            .expire_after(EntryExpiry)
+            .support_invalidation_closures()
+            .eviction_listener(move |key: Arc<String>, _, cause| {
+                let reason = match cause {
+                    RemovalCause::Size => "size",
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Explicit => "invalidated",
+                    RemovalCause::Replaced => return,
+                };
+                let ns = key.split(':').next().and_then(Namespace::parse);
+                if let Some(ns) = ns {
+                    listener_stats.eviction(ns, reason);
+                }
+            })
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                memory,
+                redis,
+                config,
+                generations: Default::default(),
+                epochs: Default::default(),
+                dirty: Default::default(),
+                listening: AtomicBool::new(false),
+                stats,
+                instance: Uuid::new_v4().simple().to_string(),
+            }),
+        }
+    }
+
+    pub fn ttls(&self) -> &Ttls {
+        &self.inner.config.ttls
+    }
+
+    /// The value under (`ns`, `scope`, `key`), loading it with `load` on a miss and keeping it
+    /// for `ttl`. Concurrent misses on one key share one Redis read and one load; the loader's
+    /// error is returned to all of them and nothing is cached. A zero `ttl` bypasses the cache.
+    pub async fn get_or_load<T, F, Fut>(
+        &self,
+        ns: Namespace,
+        scope: Scope,
+        key: &str,
+        ttl: Duration,
+        load: F,
+    ) -> ApiResult<Cached<T>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        if ttl.is_zero() {
+            return Ok(Cached {
+                value: Arc::new(load().await?),
+                source: Source::Loader,
+                expires_at: Instant::now(),
+            });
+        }
+        let memory_key = self.memory_key(ns, scope, key);
+        if let Some(entry) = self.inner.memory.get(&memory_key).await {
+            match entry.value.downcast::<T>() {
+                Ok(value) if entry.expires_at > Instant::now() => {
+                    self.inner.stats.lookup(ns, Layer::Memory, true);
+                    return Ok(Cached {
+                        value,
+                        source: Source::Memory,
+                        expires_at: entry.expires_at,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    // Two call sites share a key with different types: a bug, but not the
+                    // client's problem. Drop the entry and load afresh.
+                    tracing::error!(namespace = %ns, "cache entry of an unexpected type; replaced");
+                    self.inner.memory.invalidate(&memory_key).await;
+                }
+            }
+        }
+        self.inner.stats.lookup(ns, Layer::Memory, false);
+        let redis_key = self.redis_key(ns, scope, key);
+        let entry = self
+            .inner
+            .memory
+            .try_get_with(memory_key, async {
+                if let Some((value, expires_at)) = self.redis_get::<T>(ns, &redis_key, ttl).await {
+                    return Ok(Entry {
+                        value: Arc::new(value),
+                        expires_at,
+                        source: Source::Redis,
+                    });
+                }
+                self.inner.stats.load(ns);
+                let value = load().await?;
+                self.redis_put(ns, redis_key.clone(), &value, ttl);
+                Ok::<_, ApiError>(Entry {
+                    value: Arc::new(value),
+                    expires_at: Instant::now() + ttl,
+                    source: Source::Loader,
+                })
+            })
+            .await
+            .map_err(unshare)?;
+        let value = entry.value.downcast::<T>().map_err(|_| {
+            ApiError::Internal(anyhow::anyhow!(
+                "cache namespace {ns} holds another type under one key"
+            ))
+        })?;
+        Ok(Cached {
+            value,
+            source: entry.source,
+            expires_at: entry.expires_at,
+        })
+    }
+
+    /// Forgets one entry here, in Redis and (through pub/sub) in every other instance. Never
+    /// fails: a Redis problem marks the namespace for a full invalidation once Redis is back.
+    pub async fn invalidate(&self, ns: Namespace, scope: Scope, key: &str) {
+        self.invalidate_once(ns, scope, key).await;
+        if let Some(delay) = self.inner.config.repeat_invalidation_after {
+            let (cache, key) = (self.clone(), key.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                cache.invalidate_once(ns, scope, &key).await;
+            });
+        }
+    }
+
+    async fn invalidate_once(&self, ns: Namespace, scope: Scope, key: &str) {
+        self.inner
+            .memory
+            .invalidate(&self.memory_key(ns, scope, key))
+            .await;
+        let Some(redis) = self.live_redis(ns) else {
+            return;
+        };
+        let deleted = redis
+            .cmd()
+            .del::<i64, _>(self.redis_key(ns, scope, key))
+            .await;
+        let message = sync::Message::key(&self.inner.instance, ns, &format!("{scope}:{key}"));
+        let published = sync::publish(&redis, &message).await;
+        if let Some(e) = deleted.err().or(published.err()) {
+            self.redis_failed(ns, &e);
+        }
+    }
+
+    /// Forgets every entry of `ns`, in every instance, by moving to a new generation.
+    pub async fn invalidate_namespace(&self, ns: Namespace) {
+        self.invalidate_namespace_once(ns).await;
+        if let Some(delay) = self.inner.config.repeat_invalidation_after {
+            let cache = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                cache.invalidate_namespace_once(ns).await;
+            });
+        }
+    }
+
+    async fn invalidate_namespace_once(&self, ns: Namespace) {
+        self.drop_local_namespace(ns);
+        let Some(redis) = self.live_redis(ns) else {
+            return;
+        };
+        let generation = match redis.cmd().incr::<u64, _>(self.generation_key(ns)).await {
+            Ok(g) => g,
+            Err(e) => return self.redis_failed(ns, &e),
+        };
+        self.inner.generations[ns.index()].store(generation, Ordering::SeqCst);
+        let message = sync::Message::namespace(&self.inner.instance, ns, generation);
+        if let Err(e) = sync::publish(&redis, &message).await {
+            self.redis_failed(ns, &e);
+        }
+    }
+
+    /// Runs moka's pending maintenance (expired entries, evictions) and reports the size. For
+    /// the scheduled cleanup job.
+    pub async fn cleanup(&self) -> CleanupReport {
+        self.inner.memory.run_pending_tasks().await;
+        let entries = self.inner.memory.entry_count();
+        metrics::gauge!("hakikisha_cache_entries", "layer" => Layer::Memory.as_str())
+            .set(entries as f64);
+        CleanupReport {
+            entries,
+            max_keys: self.inner.config.max_keys,
+        }
+    }
+
+    /// Hits, misses, loads, evictions and errors per namespace, entries and Redis status.
+    pub fn snapshot(&self) -> CacheSnapshot {
+        let mut per_ns = [0u64; Namespace::ALL.len()];
+        for (key, _) in self.inner.memory.iter() {
+            if let Some(ns) = key.split(':').next().and_then(Namespace::parse) {
+                per_ns[ns.index()] += 1;
+            }
+        }
+        let namespaces: Vec<NamespaceStats> = Namespace::ALL
+            .into_iter()
+            .map(|ns| self.inner.stats.namespace(ns, per_ns[ns.index()]))
+            .collect();
+        let (hits, lookups) = namespaces.iter().fold((0, 0), |(h, l), n| {
+            (
+                h + n.memory_hits + n.redis_hits,
+                l + n.memory_hits + n.memory_misses,
+            )
+        });
+        CacheSnapshot {
+            redis: match &self.inner.redis {
+                None => "disabled",
+                Some(r) if r.is_up() => "up",
+                Some(_) => "down",
+            },
+            listening: self.inner.listening.load(Ordering::SeqCst),
+            max_keys: self.inner.config.max_keys,
+            entries: per_ns.iter().sum(),
+            hit_ratio: (lookups > 0).then(|| hits as f64 / lookups as f64),
+            namespaces,
+        }
+    }
+
+    /// Whether other instances' invalidations are currently received (always `false` without
+    /// Redis).
+    pub fn is_listening(&self) -> bool {
+        self.inner.listening.load(Ordering::SeqCst)
+    }
+
+    fn memory_key(&self, ns: Namespace, scope: Scope, key: &str) -> String {
+        let i = ns.index();
+        format!(
+            "{ns}:{}:{}:{scope}:{key}",
+            self.inner.generations[i].load(Ordering::SeqCst),
+            self.inner.epochs[i].load(Ordering::SeqCst)
+        )
+    }
+
+    fn memory_key_raw(&self, ns: Namespace, scoped_key: &str) -> String {
+        let i = ns.index();
+        format!(
+            "{ns}:{}:{}:{scoped_key}",
+            self.inner.generations[i].load(Ordering::SeqCst),
+            self.inner.epochs[i].load(Ordering::SeqCst)
+        )
+    }
+
+    fn redis_key(&self, ns: Namespace, scope: Scope, key: &str) -> String {
+        let generation = self.inner.generations[ns.index()].load(Ordering::SeqCst);
+        let suffix = format!("cache:{ns}:{generation}:{scope}:{key}");
+        match &self.inner.redis {
+            Some(r) => r.key(&suffix),
+            None => suffix,
+        }
+    }
+
+    fn generation_key(&self, ns: Namespace) -> String {
+        let suffix = format!("cache:gen:{ns}");
+        match &self.inner.redis {
+            Some(r) => r.key(&suffix),
+            None => suffix,
+        }
+    }
+
+    /// Makes every memory entry of `ns` unreachable here (including loads in flight) and asks
+    /// moka to drop them.
+    fn drop_local_namespace(&self, ns: Namespace) {
+        self.inner.epochs[ns.index()].fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("{ns}:");
+        if let Err(e) = self
+            .inner
+            .memory
+            .invalidate_entries_if(move |k, _| k.starts_with(&prefix))
+        {
+            tracing::warn!(error = %e, "cache namespace not dropped from memory; entries age out");
+        }
+    }
+
+    /// Redis when configured and connected. When configured but down, the namespace is marked
+    /// dirty (only invalidations call this) and the skip is counted.
+    fn live_redis(&self, ns: Namespace) -> Option<Redis> {
+        let redis = self.inner.redis.as_ref()?;
+        if redis.is_up() {
+            return Some(redis.clone());
+        }
+        self.inner.dirty[ns.index()].store(true, Ordering::SeqCst);
+        self.inner
+            .stats
+            .error(ns, Layer::Redis, ErrorKind::Unavailable);
+        None
+    }
+
+    fn redis_failed(&self, ns: Namespace, error: &fred::error::Error) {
+        self.inner.dirty[ns.index()].store(true, Ordering::SeqCst);
+        self.inner
+            .stats
+            .error(ns, Layer::Redis, ErrorKind::of(error));
+        tracing::warn!(namespace = %ns, error = %error, "cache invalidation did not reach redis; retried as a namespace invalidation when redis is back");
+    }
+
+    /// The Redis copy, if any, with its deadline (never later than `ttl` from now).
+    async fn redis_get<T: DeserializeOwned>(
+        &self,
+        ns: Namespace,
+        key: &str,
+        ttl: Duration,
+    ) -> Option<(T, Instant)> {
+        let redis = self.inner.redis.as_ref()?;
+        if !redis.is_up() {
+            self.inner
+                .stats
+                .error(ns, Layer::Redis, ErrorKind::Unavailable);
+            return None;
+        }
+        let raw: Option<String> = match redis.cmd().get(key).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::debug!(namespace = %ns, error = %e, "cache read from redis failed; treated as a miss");
+                self.inner.stats.error(ns, Layer::Redis, ErrorKind::of(&e));
+                return None;
+            }
+        };
+        let decoded = raw.as_deref().map(envelope::decode::<T>);
+        match decoded {
+            Some(Some((value, remaining))) if !remaining.is_zero() => {
+                self.inner.stats.lookup(ns, Layer::Redis, true);
+                Some((value, Instant::now() + remaining.min(ttl)))
+            }
+            Some(None) => {
+                self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode);
+                None
+            }
+            _ => {
+                self.inner.stats.lookup(ns, Layer::Redis, false);
+                None
+            }
+        }
+    }
+
+    /// Stores a loaded value in Redis in the background: the caller already has it, and a slow
+    /// Redis must not delay the response.
+    fn redis_put<T: Serialize>(&self, ns: Namespace, key: String, value: &T, ttl: Duration) {
+        let Some(redis) = self.inner.redis.clone() else {
+            return;
+        };
+        if !redis.is_up() {
+            return;
+        }
+        let (payload, expires_at_ms) = match envelope::encode(value, ttl) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(namespace = %ns, error = %e, "cache value not serializable");
+                return;
+            }
+        };
+        let stats = self.inner.stats.clone();
+        tokio::spawn(async move {
+            let result = redis
+                .cmd()
+                .set::<(), _, _>(
+                    key,
+                    payload,
+                    Some(Expiration::PXAT(expires_at_ms)),
+                    None,
+                    false,
+                )
+                .await;
+            if let Err(e) = result {
+                stats.error(ns, Layer::Redis, ErrorKind::of(&e));
+            }
+        });
+    }
+}
+
+/// Redis values are `"{deadline in Unix ms}\n{json}"`, so a copy read by another instance keeps
+/// the original deadline.
+mod envelope {
+    use std::time::Duration;
+
+    use serde::{Serialize, de::DeserializeOwned};
+
+    pub fn encode<T: Serialize>(value: &T, ttl: Duration) -> serde_json::Result<(String, i64)> {
+        let json = serde_json::to_string(value)?;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let deadline = chrono::Utc::now().timestamp_millis().saturating_add(ttl_ms);
+        Ok((format!("{deadline}\n{json}"), deadline))
+    }
+
+    /// The value and its remaining lifetime (zero when past the deadline); `None` if malformed.
+    pub fn decode<T: DeserializeOwned>(raw: &str) -> Option<(T, Duration)> {
+        let (deadline, json) = raw.split_once('\n')?;
+        let deadline: i64 = deadline.parse().ok()?;
+        let left = deadline.saturating_sub(chrono::Utc::now().timestamp_millis());
+        let value = serde_json::from_str(json).ok()?;
+        Some((
+            value,
+            Duration::from_millis(u64::try_from(left).unwrap_or(0)),
+        ))
+    }
+}
+
+/// A loader error shared by coalesced callers: the first caller gets the original, the others a
+/// copy (internal errors keep their message for the log, which the client never sees).
+fn unshare(shared: Arc<ApiError>) -> ApiError {
+    Arc::try_unwrap(shared).unwrap_or_else(|e| match &*e {
+        ApiError::BadRequest(s) => ApiError::BadRequest(s.clone()),
+        ApiError::Unauthorized(s) => ApiError::Unauthorized(s.clone()),
+        ApiError::Forbidden(s) => ApiError::Forbidden(s.clone()),
+        ApiError::NotFound(s) => ApiError::NotFound(s.clone()),
+        ApiError::MethodNotAllowed => ApiError::MethodNotAllowed,
+        ApiError::Conflict(s) => ApiError::Conflict(s.clone()),
+        ApiError::PayloadTooLarge => ApiError::PayloadTooLarge,
+        ApiError::UnsupportedMediaType(s) => ApiError::UnsupportedMediaType(s.clone()),
+        ApiError::Validation(v) => ApiError::Validation(v.clone()),
+        ApiError::Unprocessable(s) => ApiError::Unprocessable(s.clone()),
+        ApiError::TooManyRequests {
+            retry_after_secs,
+            detail,
+        } => ApiError::TooManyRequests {
+            retry_after_secs: *retry_after_secs,
+            detail: detail.clone(),
+        },
+        ApiError::Unavailable {
+            retry_after_secs,
+            detail,
+        } => ApiError::Unavailable {
+            retry_after_secs: *retry_after_secs,
+            detail: detail.clone(),
+        },
+        ApiError::Timeout => ApiError::Timeout,
+        other => ApiError::Internal(anyhow::anyhow!("{other:#}")),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Unit tests of the in-process layer (no Redis): single flight, TTL, scopes, invalidation.
+
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+
+fn cache() -> Cache {
+    Cache::new(CacheConfig::default(), None)
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stampede_of_misses_runs_the_loader_once() {
+    let cache = cache();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Barrier::new(100));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (cache, loads, gate) = (cache.clone(), loads.clone(), gate.clone());
+        tasks.spawn(async move {
+            gate.wait().await;
+            cache
+                .get_or_load(Namespace::Claims, Scope::Public, "hot", MINUTE, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    // Slow enough that every caller arrives while the load is in flight.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok(42u32)
+                })
+                .await
+                .map(|c| *c.value)
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.unwrap().unwrap(), 42);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    let claims = &cache.snapshot().namespaces[0];
+    assert_eq!(claims.namespace, "claims");
+    assert_eq!(claims.loads, 1);
+    assert_eq!(claims.memory_hits + claims.memory_misses, 100);
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    let get = || {
+        cache.get_or_load(
+            Namespace::Profiles,
+            Scope::Public,
+            "amina",
+            Duration::from_millis(100),
+            || async { Ok(loads.fetch_add(1, Ordering::SeqCst)) },
+        )
+    };
+    let first = get().await.unwrap();
+    assert_eq!(first.source, Source::Loader);
+    let second = get().await.unwrap();
+    assert_eq!(second.source, Source::Memory);
+    assert_eq!(*second.value, 0);
+    assert!(second.remaining() <= Duration::from_millis(100));
+    // Well past the deadline (the test only needs expiry to have happened, not its precision).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let third = get().await.unwrap();
+    assert_eq!(third.source, Source::Loader);
+    assert_eq!(*third.value, 1);
+}
+
+#[tokio::test]
+async fn one_users_entry_is_never_returned_for_another() {
+    let cache = cache();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mine = cache
+        .get_or_load(
+            Namespace::Keys,
+            Scope::PerUser(a),
+            "list",
+            MINUTE,
+            || async { Ok("a's keys".to_owned()) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(*mine.value, "a's keys");
+    let theirs = cache
+        .get_or_load(
+            Namespace::Keys,
+            Scope::PerUser(b),
+            "list",
+            MINUTE,
+            || async { Ok("b's keys".to_owned()) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(*theirs.value, "b's keys");
+    assert_eq!(theirs.source, Source::Loader);
+    let public = cache
+        .get_or_load(Namespace::Keys, Scope::Public, "list", MINUTE, || async {
+            Ok("nobody's".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(*public.value, "nobody's");
+}
+
+#[tokio::test]
+async fn loader_errors_reach_the_caller_and_are_not_cached() {
+    let cache = cache();
+    let err = cache
+        .get_or_load::<u8, _, _>(Namespace::Claims, Scope::Public, "x", MINUTE, || async {
+            Err(ApiError::not_found("claim"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), axum::http::StatusCode::NOT_FOUND);
+    let ok = cache
+        .get_or_load(Namespace::Claims, Scope::Public, "x", MINUTE, || async {
+            Ok(7u8)
+        })
+        .await
+        .unwrap();
+    assert_eq!(*ok.value, 7);
+}
+
+async fn load_count(cache: &Cache, ns: Namespace, key: &str, loads: &AtomicUsize) -> usize {
+    *cache
+        .get_or_load(ns, Scope::Public, key, MINUTE, || async {
+            Ok(loads.fetch_add(1, Ordering::SeqCst))
+        })
+        .await
+        .unwrap()
+        .value
+}
+
+#[tokio::test]
+async fn invalidating_a_key_reloads_only_that_key() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    assert_eq!(load_count(&cache, Namespace::Blogs, "a", &loads).await, 0);
+    assert_eq!(load_count(&cache, Namespace::Blogs, "b", &loads).await, 1);
+    cache.invalidate(Namespace::Blogs, Scope::Public, "a").await;
+    assert_eq!(load_count(&cache, Namespace::Blogs, "a", &loads).await, 2);
+    assert_eq!(load_count(&cache, Namespace::Blogs, "b", &loads).await, 1);
+}
+
+#[tokio::test]
+async fn invalidating_a_namespace_leaves_the_others() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    assert_eq!(load_count(&cache, Namespace::Blogs, "a", &loads).await, 0);
+    assert_eq!(
+        load_count(&cache, Namespace::Profiles, "a", &loads).await,
+        1
+    );
+    cache.invalidate_namespace(Namespace::Blogs).await;
+    assert_eq!(load_count(&cache, Namespace::Blogs, "a", &loads).await, 2);
+    assert_eq!(
+        load_count(&cache, Namespace::Profiles, "a", &loads).await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn other_instances_messages_apply_and_own_messages_are_ignored() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    assert_eq!(load_count(&cache, Namespace::Claims, "c1", &loads).await, 0);
+    let own = sync::Message::key(&cache.inner.instance, Namespace::Claims, "pub:c1");
+    cache.apply_raw(&serde_json::to_string(&own).unwrap()).await;
+    assert_eq!(load_count(&cache, Namespace::Claims, "c1", &loads).await, 0);
+    let foreign = sync::Message::key("other", Namespace::Claims, "pub:c1");
+    cache
+        .apply_raw(&serde_json::to_string(&foreign).unwrap())
+        .await;
+    assert_eq!(load_count(&cache, Namespace::Claims, "c1", &loads).await, 1);
+    let bump = sync::Message::namespace("other", Namespace::Claims, 9);
+    cache
+        .apply_raw(&serde_json::to_string(&bump).unwrap())
+        .await;
+    assert_eq!(load_count(&cache, Namespace::Claims, "c1", &loads).await, 2);
+    cache.apply_raw("not json").await;
+    assert_eq!(load_count(&cache, Namespace::Claims, "c1", &loads).await, 2);
+}
+
+#[tokio::test]
+async fn the_memory_layer_is_bounded() {
+    let cache = Cache::new(
+        CacheConfig {
+            max_keys: 10,
+            ..Default::default()
+        },
+        None,
+    );
+    let loads = AtomicUsize::new(0);
+    for i in 0..100 {
+        load_count(&cache, Namespace::Ai, &i.to_string(), &loads).await;
+    }
+    let report = cache.cleanup().await;
+    assert!(report.entries <= 10, "{report:?}");
+    let ai = cache
+        .snapshot()
+        .namespaces
+        .into_iter()
+        .find(|n| n.namespace == "ai")
+        .unwrap();
+    assert!(ai.evictions >= 90, "{ai:?}");
+}
+
+#[test]
+fn redis_values_keep_their_original_deadline() {
+    let (raw, _) = envelope::encode(&vec![1, 2, 3], MINUTE).unwrap();
+    let (value, left): (Vec<u8>, _) = envelope::decode(&raw).unwrap();
+    assert_eq!(value, vec![1, 2, 3]);
+    assert!(left <= MINUTE && left > Duration::from_secs(50));
+    let expired = format!("{}\n[1]", chrono::Utc::now().timestamp_millis() - 1000);
+    assert_eq!(
+        envelope::decode::<Vec<u8>>(&expired).unwrap().1,
+        Duration::ZERO
+    );
+    assert!(envelope::decode::<Vec<u8>>("garbage").is_none());
+}
+
+#[test]
+fn scopes_render_distinct_key_segments() {
+    let id = Uuid::new_v4();
+    assert_eq!(Scope::Public.to_string(), "pub");
+    assert_eq!(Scope::PerUser(id).to_string(), format!("u.{}", id.simple()));
+    for ns in Namespace::ALL {
+        assert_eq!(Namespace::parse(ns.as_str()), Some(ns));
+    }
+}
+
+#[tokio::test]
+async fn with_a_replica_invalidations_repeat_to_drop_copies_of_lagging_reads() {
+    let cache = Cache::new(
+        CacheConfig {
+            repeat_invalidation_after: Some(Duration::from_millis(100)),
+            ..Default::default()
+        },
+        None,
+    );
+    let loads = AtomicUsize::new(0);
+    assert_eq!(
+        load_count(&cache, Namespace::Profiles, "p", &loads).await,
+        0
+    );
+    assert_eq!(load_count(&cache, Namespace::Blogs, "b", &loads).await, 1);
+    cache
+        .invalidate(Namespace::Profiles, Scope::Public, "p")
+        .await;
+    cache.invalidate_namespace(Namespace::Blogs).await;
+    // Reloaded at once (imagine from a replica that has not seen the write yet) ...
+    assert_eq!(
+        load_count(&cache, Namespace::Profiles, "p", &loads).await,
+        2
+    );
+    assert_eq!(load_count(&cache, Namespace::Blogs, "b", &loads).await, 3);
+    // ... and dropped again by the repeat.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        load_count(&cache, Namespace::Profiles, "p", &loads).await,
+        4
+    );
+    assert_eq!(load_count(&cache, Namespace::Blogs, "b", &loads).await, 5);
+}

@@ -1,0 +1,474 @@
+//! The two-layer cache seen from outside: HTTP validators, visibility rules, invalidation on
+//! writes, two instances sharing Redis, and a Redis outage mid-traffic.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::{backend_tests, helpers::*};
+
+/// GET with optional bearer token and `If-None-Match`.
+async fn get_with(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    etag: Option<&str>,
+) -> reqwest::Response {
+    let mut req = app.client.get(format!("{}{path}", app.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(tag) = etag {
+        req = req.header(header::IF_NONE_MATCH, tag);
+    }
+    req.send().await.expect("request sent")
+}
+
+fn header_of(res: &reqwest::Response, name: header::HeaderName) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn namespace(app: &TestApp, ns: &str) -> hakikisha::cache::NamespaceStats {
+    app.state
+        .cache
+        .snapshot()
+        .namespaces
+        .into_iter()
+        .find(|n| n.namespace == ns)
+        .expect("namespace in snapshot")
+}
+
+/// Submits and resolves a claim; returns its id and the submitter's token.
+async fn resolved_claim(app: &TestApp, checker: &str, text: &str) -> (String, String) {
+    let (_, citizen) = app
+        .user_with_role(
+            &format!("c{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            "user",
+        )
+        .await;
+    let id = app.submit_claim(&citizen, text, "health").await;
+    app.resolve_claim(checker, &id, "false").await;
+    (id, citizen)
+}
+
+backend_tests! {
+    async fn cached_public_reads_carry_validators_and_answer_304(app) {
+        let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+        let (id, _) = resolved_claim(&app, &checker, "Drinking hot water cures malaria").await;
+        let path = format!("/api/v1/claims/{id}");
+
+        let first = get_with(&app, &path, None, None).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let etag = header_of(&first, header::ETAG);
+        assert!(etag.starts_with("W/\""), "{etag}");
+        let cache_control = header_of(&first, header::CACHE_CONTROL);
+        let max_age: u64 = cache_control.strip_prefix("public, max-age=").expect(&cache_control).parse().unwrap();
+        assert!(max_age <= 60);
+        assert!(header_of(&first, header::VARY).contains("authorization"));
+
+        let again = get_with(&app, &path, None, Some(&etag)).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(header_of(&again, header::ETAG), etag);
+        assert!(again.bytes().await.unwrap().is_empty(), "304 has no body");
+
+        let other = get_with(&app, &path, None, Some("W/\"something-else\"")).await;
+        assert_eq!(other.status(), StatusCode::OK);
+
+        // The second and third reads were cache hits.
+        let claims = namespace(&app, "claims");
+        assert!(claims.memory_hits + claims.redis_hits >= 2, "{claims:?}");
+
+        // Other cached reads send validators too.
+        for path in ["/api/v1/claims/trending", "/api/v1/users/checker", "/api/v1/blogs", "/api/v1/blogs/trending"] {
+            let res = get_with(&app, path, None, None).await;
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+            let etag = header_of(&res, header::ETAG);
+            assert!(!etag.is_empty(), "{path}");
+            assert_eq!(get_with(&app, path, None, Some(&etag)).await.status(), StatusCode::NOT_MODIFIED, "{path}");
+        }
+    }
+
+    async fn unresolved_claims_never_come_from_the_public_cache(app) {
+        let (_, citizen) = app.user_with_role("citizen", "user").await;
+        let (_, other) = app.user_with_role("other", "user").await;
+        let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+        let id = app.submit_claim(&citizen, "The river will flood the capital tomorrow", "environment").await;
+        let path = format!("/api/v1/claims/{id}");
+
+        for _ in 0..2 {
+            app.get(&path, None).await.assert(404);
+            app.get(&path, Some(&other)).await.assert(404);
+            let own = get_with(&app, &path, Some(&citizen), None).await;
+            assert_eq!(own.status(), StatusCode::OK);
+            assert_eq!(header_of(&own, header::CACHE_CONTROL), "private, no-cache");
+            app.get(&path, Some(&checker)).await.assert(200);
+        }
+        assert_eq!(namespace(&app, "claims").entries, 0, "nothing non-public was cached");
+
+        // Resolving it (a write) makes it public at once.
+        app.resolve_claim(&checker, &id, "false").await;
+        let public = app.get(&path, None).await;
+        public.assert(200);
+        assert_eq!(public.body["status"], "resolved");
+        assert!(public.body.get("human_verdict").is_none(), "the public view only");
+        // Served from the cache now, still without the private fields for other users ...
+        let res = app.get(&path, Some(&other)).await;
+        assert!(res.body.get("human_verdict").is_none());
+        // ... while the submitter and reviewers still see both verdicts.
+        assert!(app.get(&path, Some(&citizen)).await.body["human_verdict"].is_object());
+        assert!(app.get(&path, Some(&checker)).await.body["human_verdict"].is_object());
+    }
+
+    async fn cache_hits_still_count_views(app) {
+        let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+        let (id, _) = resolved_claim(&app, &checker, "A comet will hit the ocean next week").await;
+        for _ in 0..5 {
+            app.get(&format!("/api/v1/claims/{id}"), None).await.assert(200);
+        }
+        // Hits in either layer (a resync when Redis connects may empty the memory layer once).
+        let claims = namespace(&app, "claims");
+        assert!(claims.memory_hits + claims.redis_hits >= 4, "{claims:?}");
+        app.state.views.flush(&app.db).await.unwrap();
+        let claim = hakikisha::claims::store::get(&app.db, id.parse().unwrap()).await.unwrap().unwrap();
+        assert_eq!(claim.view_count, 5);
+    }
+
+    async fn profile_writes_invalidate_the_cached_profile(app) {
+        let (_, token) = app.user_with_role("amina", "user").await;
+        let first = app.get("/api/v1/users/amina", None).await;
+        first.assert(200);
+        assert_eq!(first.body["display_name"], "amina");
+        app.request(reqwest::Method::PATCH, "/api/v1/users/me", Some(&token), Some(json!({"display_name": "Amina W."})))
+            .await
+            .assert(200);
+        assert_eq!(app.get("/api/v1/users/AMINA", None).await.body["display_name"], "Amina W.");
+
+        // Suspension hides the profile at once.
+        let admin = app.admin_token().await;
+        let id = app.get("/api/v1/auth/me", Some(&token)).await.body["id"].as_str().unwrap().to_owned();
+        app.post(&format!("/api/v1/admin/users/{id}/suspend"), Some(&admin), json!({})).await.assert(200);
+        app.get("/api/v1/users/amina", None).await.assert(404);
+        app.post(&format!("/api/v1/admin/users/{id}/activate"), Some(&admin), json!({})).await.assert(200);
+        app.get("/api/v1/users/amina", None).await.assert(200);
+        app.request(reqwest::Method::DELETE, &format!("/api/v1/admin/users/{id}"), Some(&admin), None).await.assert(204);
+        app.get("/api/v1/users/amina", None).await.assert(404);
+    }
+
+    async fn blog_writes_invalidate_every_cached_blog_read(app) {
+        let (_, author) = app.user_with_role("writer", "fact_checker").await;
+        assert_eq!(app.get("/api/v1/blogs", None).await.body["items"].as_array().unwrap().len(), 0);
+        let blog = app.post("/api/v1/blogs", Some(&author), json!({"title": "How we check claims", "content": "We read the sources and call the people involved, every time."})).await;
+        blog.assert(201);
+        let (id, slug) = (blog.body["id"].as_str().unwrap().to_owned(), blog.body["slug"].as_str().unwrap().to_owned());
+        // A draft: not public, never cached, but its author sees it.
+        app.get(&format!("/api/v1/blogs/{slug}"), None).await.assert(404);
+        app.get(&format!("/api/v1/blogs/{slug}"), Some(&author)).await.assert(200);
+
+        app.post(&format!("/api/v1/blogs/{id}/publish"), Some(&author), json!({})).await.assert(200);
+        assert_eq!(app.get("/api/v1/blogs", None).await.body["items"].as_array().unwrap().len(), 1);
+        assert_eq!(app.get("/api/v1/blogs/trending", None).await.body["items"].as_array().unwrap().len(), 1);
+        assert_eq!(app.get(&format!("/api/v1/blogs/{slug}"), None).await.body["title"], "How we check claims");
+
+        app.request(reqwest::Method::PATCH, &format!("/api/v1/blogs/{id}"), Some(&author), Some(json!({"title": "How we check every claim"})))
+            .await
+            .assert(200);
+        assert_eq!(app.get(&format!("/api/v1/blogs/{slug}"), None).await.body["title"], "How we check every claim");
+        assert_eq!(app.get("/api/v1/blogs", None).await.body["items"][0]["title"], "How we check every claim");
+
+        app.post(&format!("/api/v1/blogs/{id}/archive"), Some(&author), json!({})).await.assert(200);
+        app.get(&format!("/api/v1/blogs/{slug}"), None).await.assert(404);
+        assert_eq!(app.get("/api/v1/blogs", None).await.body["items"].as_array().unwrap().len(), 0);
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; returns the time it took.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+async fn wait_listening(app: &TestApp) {
+    assert!(
+        within(Duration::from_secs(10), || async {
+            app.state.cache.is_listening()
+        })
+        .await
+        .is_some(),
+        "the cache subscribes to invalidations"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_is_visible_on_another_within_a_second() {
+    let Some(a) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    if a.state.redis.is_none() {
+        return; // Skipped loudly by the helper (or failed when services are required).
+    }
+    let b = a.spawn_sibling().await;
+    wait_listening(&a).await;
+    wait_listening(&b).await;
+
+    // A profile: B caches it, A changes it, B shows the change.
+    let (_, token) = a.user_with_role("baraka", "user").await;
+    assert_eq!(
+        b.get("/api/v1/users/baraka", None).await.body["display_name"],
+        "baraka"
+    );
+    assert_eq!(
+        b.get("/api/v1/users/baraka", None).await.body["display_name"],
+        "baraka"
+    );
+    a.request(
+        reqwest::Method::PATCH,
+        "/api/v1/users/me",
+        Some(&token),
+        Some(json!({"display_name": "Baraka O."})),
+    )
+    .await
+    .assert(200);
+    let took = within(Duration::from_secs(1), || async {
+        b.get("/api/v1/users/baraka", None).await.body["display_name"] == "Baraka O."
+    })
+    .await;
+    assert!(took.is_some(), "B still serves the old profile after 1 s");
+
+    // A claim read on B, and a namespace (articles) invalidated by a write on A.
+    let (_, checker) = a.user_with_role("checker", "fact_checker").await;
+    let (id, _) = resolved_claim(&a, &checker, "Schools will close for a month in June").await;
+    assert_eq!(
+        b.get(&format!("/api/v1/claims/{id}"), None).await.body["status"],
+        "resolved"
+    );
+    let before: Value = b.get("/api/v1/blogs", None).await.body;
+    assert_eq!(before["items"].as_array().unwrap().len(), 0);
+    let blog = a.post("/api/v1/blogs", Some(&checker), json!({"title": "Shared state", "content": "Every instance sees the same articles soon after a write."})).await;
+    let blog_id = blog.body["id"].as_str().unwrap().to_owned();
+    a.post(
+        &format!("/api/v1/blogs/{blog_id}/publish"),
+        Some(&checker),
+        json!({}),
+    )
+    .await
+    .assert(200);
+    let took = within(Duration::from_secs(1), || async {
+        b.get("/api/v1/blogs", None).await.body["items"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "B still serves the old article list after 1 s"
+    );
+
+    // Redis is the shared layer: a value A loaded is a Redis hit on B.
+    a.get("/api/v1/users/checker", None).await.assert(200);
+    let redis_hits = namespace(&b, "profiles").redis_hits;
+    let loaded = within(Duration::from_secs(5), || async {
+        b.get("/api/v1/users/checker", None).await;
+        namespace(&b, "profiles").redis_hits > redis_hits
+    })
+    .await;
+    assert!(loaded.is_some(), "B reads A's entry from Redis");
+}
+
+/// A private redis-server on a free port, killed when dropped (whatever the test outcome).
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (install redis-server)");
+        let redis = Self {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn keys(&self, pattern: &str) -> Vec<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--scan", "--pattern", pattern])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_fails_no_request_and_the_cache_uses_redis_again_after() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !require_services(),
+            "redis-server is required for the fault test"
+        );
+        eprintln!("SKIPPED: redis-server is not installed");
+        return;
+    }
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            ("REDIS_URL", &url),
+            ("REDIS_KEY_PREFIX", "fault:"),
+            ("REDIS_TIMEOUT", "200ms"),
+        ],
+    )
+    .await
+    .unwrap();
+    wait_listening(&app).await;
+    let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+    let (id, _) =
+        resolved_claim(&app, &checker, "Bananas are radioactive enough to hurt you").await;
+    let paths = [
+        format!("/api/v1/claims/{id}"),
+        "/api/v1/users/checker".into(),
+        "/api/v1/claims/trending".into(),
+    ];
+    let loaded = within(Duration::from_secs(5), || async {
+        for p in &paths {
+            app.get(p, None).await;
+        }
+        !redis.keys("fault:cache:*").is_empty()
+    })
+    .await;
+    assert!(loaded.is_some(), "entries reach the private Redis");
+
+    // Traffic with writes while Redis dies: not one request may fail.
+    let mut failures = Vec::new();
+    for round in 0..60 {
+        if round == 10 {
+            redis.kill();
+        }
+        for p in &paths {
+            let res = app.get(p, None).await;
+            if res.status != StatusCode::OK {
+                failures.push(format!("{p}: {} {}", res.status, res.body));
+            }
+        }
+        if round % 10 == 5 {
+            // Writes (and their invalidations) while Redis is down must not fail either.
+            let name = format!("Checker {round}");
+            let res = app
+                .request(
+                    reqwest::Method::PATCH,
+                    "/api/v1/users/me",
+                    Some(&checker),
+                    Some(json!({"display_name": name})),
+                )
+                .await;
+            if res.status != StatusCode::OK {
+                failures.push(format!("profile update: {} {}", res.status, res.body));
+            }
+            let profile = app.get("/api/v1/users/checker", None).await;
+            if profile.body["display_name"] != name.as_str() {
+                failures.push(format!("stale profile after a write: {}", profile.body));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "requests failed during the outage: {failures:?}"
+    );
+    assert!(!app.state.redis.as_ref().unwrap().is_up());
+    assert_eq!(app.state.cache.snapshot().redis, "down");
+    let profiles = namespace(&app, "profiles");
+    assert!(profiles.errors > 0, "the outage is counted: {profiles:?}");
+    let stopped = within(Duration::from_secs(5), || async {
+        !app.state.cache.is_listening()
+    })
+    .await;
+    assert!(stopped.is_some(), "the listener reports the outage");
+
+    // Redis returns (empty, on the same port): the app reconnects and fills it again.
+    let redis = PrivateRedis::start(port);
+    let back = within(Duration::from_secs(20), || async {
+        for p in &paths {
+            assert_eq!(app.get(p, None).await.status, StatusCode::OK);
+        }
+        app.state.cache.is_listening() && !redis.keys("fault:cache:*").is_empty()
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the cache uses Redis again after it returns"
+    );
+    assert_eq!(app.state.cache.snapshot().redis, "up");
+    drop(app);
+}
