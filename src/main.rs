@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     tune_allocator();
     let cli = Cli::parse();
     let config = Config::from_env()?;
-    telemetry::init_tracing(config.log_format);
+    let logs = telemetry::init_tracing(config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(config.bind_addr)
@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 run.error.map(|e| format!(" ({e})")).unwrap_or_default()
             );
             if run.status != "ok" {
+                drop(logs);
                 std::process::exit(1);
             }
             Ok(())

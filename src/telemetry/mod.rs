@@ -1,8 +1,10 @@
 //! Tracing setup, the Prometheus recorder, the process sampler and the dashboard history.
 
 pub mod history;
+pub mod logbuf;
 
 use std::{
+    io::IsTerminal,
     sync::{Mutex, OnceLock},
     time::Duration,
 };
@@ -14,6 +16,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 use utoipa::ToSchema;
 
 use crate::config::LogFormat;
+use logbuf::{LogGuard, LogSink};
 
 /// Latency buckets in seconds: fine below 100 ms where cached reads live, coarse up to the
 /// 10 s statement and AI timeouts so alert thresholds (1 s) fall on a bucket edge.
@@ -21,9 +24,14 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-pub fn init_tracing(format: LogFormat) {
+/// Installs the global subscriber, writing to stdout in batches (see [`logbuf`]). Returns
+/// `None` when a subscriber is already installed (tests start many apps in one process). Hold
+/// the guard until exit: dropping it writes out the last lines.
+pub fn init_tracing(format: LogFormat) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn,hyper=warn"));
+    let ansi = std::io::stdout().is_terminal();
+    let sink = LogSink::default();
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
@@ -32,13 +40,20 @@ pub fn init_tracing(format: LogFormat) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(sink.clone()),
             )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer().compact()).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .compact()
+                    .with_ansi(ansi)
+                    .with_writer(sink.clone()),
+            )
+            .try_init(),
     };
-    // A second init (tests start many apps in one process) keeps the first subscriber.
-    let _ = result;
+    result.ok().map(|()| sink.start_flusher())
 }
 
 static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
