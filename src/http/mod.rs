@@ -21,7 +21,6 @@ use tower_http::{
     compression::CompressionLayer,
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     sensitive_headers::SetSensitiveRequestHeadersLayer,
     timeout::TimeoutLayer,
 };
@@ -161,8 +160,6 @@ fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 pub fn router(state: AppState) -> Router {
     let (routes, mut spec) = api().split_for_parts();
     document_problems(&mut spec);
@@ -200,11 +197,7 @@ pub fn with_middleware<S: Clone + Send + Sync + 'static>(
                 header::AUTHORIZATION,
                 header::COOKIE,
             ]))
-            .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
             .layer(axum::middleware::from_fn(middleware::observe))
-            .layer(axum::middleware::from_fn(middleware::security_headers))
-            .layer(axum::middleware::from_fn(middleware::problemize))
             .option_layer(cors(config))
             .layer(CompressionLayer::new())
             .layer(TimeoutLayer::with_status_code(
