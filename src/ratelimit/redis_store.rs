@@ -1,5 +1,6 @@
-//! The Redis store: one Lua script per decision, so counting, blocking and the offence
-//! history of a client change atomically, shared by every instance.
+//! The Redis store: a Lua script decides, so counting, blocking and the offence history of a
+//! client change atomically, shared by every instance. Concurrent decisions share one script
+//! call (see [`RedisStore::decide`]).
 //!
 //! Keys (all under `REDIS_KEY_PREFIX`): `rl:<tier>:<client>` is a hash with the window start,
 //! count, block end and offences; `rl:blocked:<tier>` is a sorted set of clients scored by block
@@ -11,65 +12,110 @@
 //! `Script::evalsha_with_reload` takes the bare client, which would bypass that policy, so the
 //! script is sent as a custom `EVALSHA` on `cmd()` and loaded on `NOSCRIPT` the same way.
 
+use std::sync::{Arc, OnceLock};
+
 use fred::{
     interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface},
     types::{ClusterHash, CustomCommand, Value, scripts::Script},
 };
 
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
 use super::{BlockedClient, Decision, Outcome, Rule, TierId};
 use crate::redis::Redis;
 
-/// KEYS[1] client hash, KEYS[2] blocked set.
-/// ARGV: now, limit, window, block, block_max, offence_window (ms), client key.
-/// Returns {outcome (0 allowed, 1 limited, 2 blocked), remaining, reset_ms, offences}.
+/// One script call decides a batch of requests, in order: KEYS are (client hash, blocked set)
+/// pairs; ARGV[1] is now (ms), then per decision: limit, window, block, block_max,
+/// offence_window (ms) and the client key (the blocked set's member). Returns four integers per
+/// decision: outcome (0 allowed, 1 limited, 2 blocked), remaining, reset_ms, offences.
 const DECIDE: &str = r#"
 local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local h = redis.call('HMGET', KEYS[1], 'ws', 'n', 'bu', 'off', 'ou')
-local ws = tonumber(h[1]) or 0
-local n = tonumber(h[2]) or 0
-local bu = tonumber(h[3]) or 0
-local off = tonumber(h[4]) or 0
-local ou = tonumber(h[5]) or 0
-if bu > now then
-  return {2, 0, bu - now, off}
+local out = {}
+local function decide(ck, bk, a)
+  local limit = tonumber(ARGV[a])
+  local window = tonumber(ARGV[a + 1])
+  local h = redis.call('HMGET', ck, 'ws', 'n', 'bu', 'off', 'ou')
+  local ws = tonumber(h[1]) or 0
+  local n = tonumber(h[2]) or 0
+  local bu = tonumber(h[3]) or 0
+  local off = tonumber(h[4]) or 0
+  local ou = tonumber(h[5]) or 0
+  if bu > now then
+    return 2, 0, bu - now, off
+  end
+  if off > 0 and now >= ou then
+    off = 0
+  end
+  -- Fast path (almost every request): inside a running window and under the limit. Only the
+  -- count changes; the key's expiry already covers the window. A stale offence count left in
+  -- the hash is harmless: every read applies the 24 h decay above.
+  if n > 0 and now < ws + window and n < limit then
+    redis.call('HINCRBY', ck, 'n', 1)
+    return 0, limit - n - 1, ws + window - now, off
+  end
+  if n == 0 or now >= ws + window then
+    ws = now
+    n = 0
+  end
+  n = n + 1
+  local outcome, remaining, reset
+  if n <= limit then
+    outcome, remaining, reset = 0, limit - n, ws + window - now
+  else
+    off = off + 1
+    local block = math.min(tonumber(ARGV[a + 2]) * 2 ^ math.min(off - 1, 40), tonumber(ARGV[a + 3]))
+    bu = now + block
+    ou = now + tonumber(ARGV[a + 4])
+    redis.call('ZREMRANGEBYSCORE', bk, '-inf', now)
+    redis.call('ZADD', bk, bu, ARGV[a + 5])
+    outcome, remaining, reset = 1, 0, block
+  end
+  redis.call('HSET', ck, 'ws', ws, 'n', n, 'bu', bu, 'off', off, 'ou', ou)
+  redis.call('PEXPIRE', ck, math.floor(math.max(ws + window, bu, ou) - now) + 1000)
+  return outcome, remaining, reset, off
 end
-if n == 0 or now >= ws + window then
-  ws = now
-  n = 0
+for i = 1, #KEYS / 2 do
+  local o, r, t, f = decide(KEYS[2 * i - 1], KEYS[2 * i], 2 + (i - 1) * 6)
+  out[#out + 1] = o
+  out[#out + 1] = r
+  out[#out + 1] = t
+  out[#out + 1] = f
 end
-if off > 0 and now >= ou then
-  off = 0
-end
-n = n + 1
-local outcome, remaining, reset
-if n <= limit then
-  outcome, remaining, reset = 0, limit - n, ws + window - now
-else
-  off = off + 1
-  local block = math.min(tonumber(ARGV[4]) * 2 ^ math.min(off - 1, 40), tonumber(ARGV[5]))
-  bu = now + block
-  ou = now + tonumber(ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  redis.call('ZADD', KEYS[2], bu, ARGV[7])
-  outcome, remaining, reset = 1, 0, block
-end
-redis.call('HSET', KEYS[1], 'ws', ws, 'n', n, 'bu', bu, 'off', off, 'ou', ou)
-redis.call('PEXPIRE', KEYS[1], math.floor(math.max(ws + window, bu, ou) - now) + 1000)
-return {outcome, remaining, reset, off}
+return out
 "#;
+
+/// At most this many decisions go in one script call.
+const BATCH_MAX: usize = 64;
+/// Script calls in flight at once; while all are out, new decisions queue for the next batch.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+type Reply = oneshot::Sender<Result<Decision, fred::error::Error>>;
+
+struct Pending {
+    client_key: String,
+    blocked_key: String,
+    member: String,
+    rule: Rule,
+    now: u64,
+    reply: Reply,
+}
 
 pub struct RedisStore {
     redis: Redis,
-    script: Script,
+    /// `<prefix>rl:<tier>:` and `<prefix>rl:blocked:<tier>` per tier, built once.
+    client_prefixes: [String; 5],
+    blocked_keys: [String; 5],
+    /// Decisions waiting for the batcher task, started on first use.
+    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
 
 impl RedisStore {
     pub fn new(redis: Redis) -> Self {
         Self {
+            client_prefixes: TierId::ALL.map(|t| redis.key(&format!("rl:{}:", t.name()))),
+            blocked_keys: TierId::ALL.map(|t| redis.key(&format!("rl:blocked:{}", t.name()))),
             redis,
-            script: Script::from_lua(DECIDE),
+            queue: OnceLock::new(),
         }
     }
 
@@ -78,13 +124,24 @@ impl RedisStore {
     }
 
     fn client_key(&self, tier: TierId, key: &str) -> String {
-        self.redis.key(&format!("rl:{}:{key}", tier.name()))
+        let prefix = &self.client_prefixes[tier.index()];
+        let mut full = String::with_capacity(prefix.len() + key.len());
+        full.push_str(prefix);
+        full.push_str(key);
+        full
     }
 
     fn blocked_key(&self, tier: TierId) -> String {
-        self.redis.key(&format!("rl:blocked:{}", tier.name()))
+        self.blocked_keys[tier.index()].clone()
     }
 
+    /// Counts one request of `key` in `tier`, atomically in Redis.
+    ///
+    /// Concurrent decisions are sent together: a batcher task takes whatever has queued while
+    /// earlier calls were out (up to [`BATCH_MAX`]) and decides it in one script call, in
+    /// arrival order. Each decision is still exact and atomic; under load the service pays one
+    /// round trip per batch instead of one per request (on 2 cores the per-request round trip
+    /// cost half the throughput of a cached read). An idle service sends batches of one.
     pub async fn decide(
         &self,
         tier: TierId,
@@ -92,48 +149,28 @@ impl RedisStore {
         rule: &Rule,
         now: u64,
     ) -> Result<Decision, fred::error::Error> {
-        let args: Vec<Value> = vec![
-            self.script.sha1().clone().into(),
-            2.into(),
-            self.client_key(tier, key).into(),
-            self.blocked_key(tier).into(),
-            (now as i64).into(),
-            i64::from(rule.limit).into(),
-            (rule.window_ms as i64).into(),
-            (rule.block_ms as i64).into(),
-            (rule.block_max_ms as i64).into(),
-            (rule.offence_window_ms as i64).into(),
-            key.into(),
-        ];
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-        let reply: Vec<i64> = match self.redis.cmd().custom(evalsha.clone(), args.clone()).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
-                let _: String = self
-                    .redis
-                    .cmd()
-                    .custom(load, vec![Value::from("LOAD"), Value::from(DECIDE)])
-                    .await?;
-                self.redis.cmd().custom(evalsha, args).await?
-            }
-            other => other?,
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(batcher(self.redis.clone(), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            client_key: self.client_key(tier, key),
+            blocked_key: self.blocked_key(tier),
+            member: key.to_owned(),
+            rule: *rule,
+            now,
+            reply,
         };
-        let [outcome, remaining, reset, offences] = reply[..] else {
-            return Err(fred::error::Error::new(
-                fred::error::ErrorKind::Parse,
-                "unexpected rate-limit script reply",
-            ));
+        let gone = || {
+            fred::error::Error::new(
+                fred::error::ErrorKind::Canceled,
+                "rate-limit batcher stopped",
+            )
         };
-        Ok(Decision {
-            outcome: match outcome {
-                0 => Outcome::Allowed,
-                1 => Outcome::Limited,
-                _ => Outcome::Blocked,
-            },
-            remaining: u32::try_from(remaining).unwrap_or(0),
-            reset_ms: u64::try_from(reset).unwrap_or(0),
-            offences: u32::try_from(offences).unwrap_or(0),
-        })
+        queue.send(pending).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Clients blocked now per tier (soonest release first, at most `max` per tier).
@@ -183,5 +220,94 @@ impl RedisStore {
         let _: i64 = cmd.del(self.client_key(tier, key)).await?;
         let _: i64 = cmd.zrem(self.blocked_key(tier), key).await?;
         Ok(until.is_some_and(|u| u as u64 > now))
+    }
+}
+
+/// Takes queued decisions in batches and runs each batch's script call as its own task, at most
+/// [`BATCHES_IN_FLIGHT`] at once. Ends when the store (the sender) is dropped.
+async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    let script = Script::from_lua(DECIDE);
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut batch, BATCH_MAX).await == 0 {
+            return;
+        }
+        let redis = redis.clone();
+        let sha: Value = script.sha1().clone().into();
+        let taken = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX));
+        tokio::spawn(async move {
+            run_batch(&redis, sha, taken).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn run_batch(redis: &Redis, sha: Value, batch: Vec<Pending>) {
+    // One clock reading per batch: the decisions are made at the same instant in Redis.
+    let now = batch.iter().map(|p| p.now).max().unwrap_or(0);
+    let mut args: Vec<Value> = Vec::with_capacity(3 + batch.len() * 8);
+    args.push(sha);
+    args.push((batch.len() as i64 * 2).into());
+    for p in &batch {
+        args.push(p.client_key.as_str().into());
+        args.push(p.blocked_key.as_str().into());
+    }
+    args.push((now as i64).into());
+    for p in &batch {
+        args.push(i64::from(p.rule.limit).into());
+        args.push((p.rule.window_ms as i64).into());
+        args.push((p.rule.block_ms as i64).into());
+        args.push((p.rule.block_max_ms as i64).into());
+        args.push((p.rule.offence_window_ms as i64).into());
+        args.push(p.member.as_str().into());
+    }
+    match eval(redis, args).await {
+        Ok(reply) if reply.len() == batch.len() * 4 => {
+            for (p, d) in batch.into_iter().zip(reply.chunks_exact(4)) {
+                let _ = p.reply.send(Ok(Decision {
+                    outcome: match d[0] {
+                        0 => Outcome::Allowed,
+                        1 => Outcome::Limited,
+                        _ => Outcome::Blocked,
+                    },
+                    remaining: u32::try_from(d[1]).unwrap_or(0),
+                    reset_ms: u64::try_from(d[2]).unwrap_or(0),
+                    offences: u32::try_from(d[3]).unwrap_or(0),
+                }));
+            }
+        }
+        Ok(_) => {
+            for p in batch {
+                let _ = p.reply.send(Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Parse,
+                    "unexpected rate-limit script reply",
+                )));
+            }
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// `EVALSHA`, loading the script on `NOSCRIPT` (first use, or after a Redis restart).
+async fn eval(redis: &Redis, args: Vec<Value>) -> Result<Vec<i64>, fred::error::Error> {
+    let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+    match redis.cmd().custom(evalsha.clone(), args.clone()).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
+            let _: String = redis
+                .cmd()
+                .custom(load, vec![Value::from("LOAD"), Value::from(DECIDE)])
+                .await?;
+            redis.cmd().custom(evalsha, args).await
+        }
+        other => other,
     }
 }
