@@ -483,7 +483,8 @@ fn cache_config(
     Ok(crate::cache::CacheConfig {
         max_keys,
         ttls: crate::cache::Ttls {
-            default: ttl("CACHE_DEFAULT_TTL", "5m")?,
+            // Zero turns caching of claim detail off (every read loads from the database).
+            default: duration(get, "CACHE_DEFAULT_TTL", "5m")?,
             ai: ttl("CACHE_TTL_AI", "5m")?,
             profiles: ttl("CACHE_TTL_PROFILES", "10m")?,
             trending: ttl("CACHE_TTL_TRENDING", "5m")?,
@@ -816,6 +817,14 @@ mod tests {
         assert_eq!(
             config(&[("CACHE_TTL_PROFILES", "0s")]).unwrap_err().var,
             "CACHE_TTL_PROFILES"
+        );
+        assert!(
+            config(&[("CACHE_DEFAULT_TTL", "0s")])
+                .unwrap()
+                .cache
+                .ttls
+                .default
+                .is_zero()
         );
         assert_eq!(
             config(&[("CACHE_DEFAULT_TTL", "soon")]).unwrap_err().var,
