@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     accounts::{Role, User, text_enum},
-    cache::{Conditional, Namespace, Scope, Visibility},
+    cache::{Conditional, Namespace, Rendered, Scope, Visibility},
     claims::{
         routes::{LimitParams, search_query},
         store::{ViewTable, fts5_query},
@@ -412,14 +412,14 @@ async fn list(
                         .fetch_all(pool)
                         .await
                 })?;
-                Ok(Page::from_rows(rows, limit, |b| Cursor {
+                Rendered::new(&Page::from_rows(rows, limit, |b| Cursor {
                     created_at: b.published_at.unwrap_or(b.created_at),
                     id: b.id,
                 }))
             },
         )
         .await?;
-    Ok(conditional.respond(&*page.value, page.public()))
+    Ok(conditional.respond_rendered(&page.value, page.public()))
 }
 
 /// The signed-in author's articles in every state, newest first.
@@ -483,14 +483,14 @@ async fn trending(
                         .fetch_all(pool)
                         .await
                 })?;
-                Ok(Page {
+                Rendered::new(&Page {
                     items,
                     next_cursor: None,
                 })
             },
         )
         .await?;
-    Ok(conditional.respond(&*page.value, page.public()))
+    Ok(conditional.respond_rendered(&page.value, page.public()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -7,11 +7,12 @@
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
+    body::Bytes,
     extract::FromRequestParts,
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -57,16 +58,59 @@ impl<S: Send + Sync> FromRequestParts<S> for Conditional {
     }
 }
 
+/// A JSON body serialized once, with its ETag. Hot cached reads (trending lists, article
+/// lists) keep this in the cache instead of the value, so a hit costs neither serialization nor
+/// hashing. In Redis it is stored as a JSON string holding the body.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    body: Bytes,
+    etag: String,
+}
+
+impl Rendered {
+    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?;
+        Ok(Self::from_body(body))
+    }
+
+    fn from_body(body: Vec<u8>) -> Self {
+        let etag = etag(&body);
+        Self {
+            body: Bytes::from(body),
+            etag,
+        }
+    }
+}
+
+impl Serialize for Rendered {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(&self.body).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rendered {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        // Whatever Redis holds must still be one JSON document before it is served as one.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(serde::de::Error::custom)?;
+        Ok(Self::from_body(text.into_bytes()))
+    }
+}
+
 impl Conditional {
     /// `200` with the JSON body, or `304` without one when the client already has it.
     pub fn respond<T: Serialize + ?Sized>(&self, body: &T, visibility: Visibility) -> Response {
-        let bytes = match serde_json::to_vec(body) {
-            Ok(b) => b,
-            Err(e) => return ApiError::Internal(e.into()).into_response(),
-        };
-        let tag = etag(&bytes);
+        match Rendered::new(body) {
+            Ok(rendered) => self.respond_rendered(&rendered, visibility),
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// [`Conditional::respond`] for a body rendered earlier.
+    pub fn respond_rendered(&self, body: &Rendered, visibility: Visibility) -> Response {
         let headers = [
-            (header::ETAG, header_value(&tag)),
+            (header::ETAG, header_value(&body.etag)),
             (
                 header::CACHE_CONTROL,
                 header_value(&visibility.cache_control()),
@@ -77,7 +121,7 @@ impl Conditional {
         if self
             .if_none_match
             .as_deref()
-            .is_some_and(|given| matches(given, &tag))
+            .is_some_and(|given| matches(given, &body.etag))
         {
             return (StatusCode::NOT_MODIFIED, headers).into_response();
         }
@@ -88,7 +132,7 @@ impl Conditional {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            bytes,
+            body.body.clone(),
         )
             .into_response()
     }
@@ -101,9 +145,15 @@ fn header_value(s: &str) -> HeaderValue {
 /// A weak validator (`W/"..."`): the response may be compressed on the way out, so the bytes
 /// on the wire are not always the ones hashed.
 pub fn etag(body: &[u8]) -> String {
+    use std::fmt::Write;
     let digest = Sha256::digest(body);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("W/\"{hex}\"")
+    let mut tag = String::with_capacity(36);
+    tag.push_str("W/\"");
+    for b in &digest[..16] {
+        let _ = write!(tag, "{b:02x}");
+    }
+    tag.push('"');
+    tag
 }
 
 /// `If-None-Match` uses the weak comparison (RFC 9110 13.1.2): `*` or any listed tag equal to
@@ -131,6 +181,19 @@ mod tests {
         assert!(matches("*", &tag));
         assert!(!matches("\"other\"", &tag));
         assert_ne!(etag(b"{}"), etag(b"[]"));
+    }
+
+    #[test]
+    fn a_rendered_body_round_trips_through_redis_form_with_the_same_tag() {
+        let value =
+            serde_json::json!({"items": [{"text": "a \"quoted\" claim"}], "next_cursor": null});
+        let rendered = Rendered::new(&value).unwrap();
+        assert_eq!(rendered.etag, etag(&serde_json::to_vec(&value).unwrap()));
+        let stored = serde_json::to_string(&rendered).unwrap();
+        let back: Rendered = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.body, rendered.body);
+        assert_eq!(back.etag, rendered.etag);
+        assert!(serde_json::from_str::<Rendered>("\"{not json\"").is_err());
     }
 
     #[test]

@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use self::stats::Stats;
 pub use self::{
-    http::{Conditional, Visibility},
+    http::{Conditional, Rendered, Visibility},
     stats::{ErrorKind, Layer, NamespaceStats},
 };
 use crate::{

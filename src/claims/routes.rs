@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Category, ClaimStatus, ClaimView, store};
 use crate::{
     accounts::User,
-    cache::{Conditional, Namespace, Scope, Visibility},
+    cache::{Conditional, Namespace, Rendered, Scope, Visibility},
     error::{ApiError, ApiResult, Problem},
     http::{
         auth::{AuthUser, MaybeUser},
@@ -204,11 +204,11 @@ async fn trending(
                     items: with_verdicts(&state, rows, false).await?,
                     next_cursor: None,
                 };
-                serde_json::to_value(page).map_err(|e| ApiError::Internal(e.into()))
+                Rendered::new(&page)
             },
         )
         .await?;
-    Ok(conditional.respond(&*page.value, page.public()))
+    Ok(conditional.respond_rendered(&page.value, page.public()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
