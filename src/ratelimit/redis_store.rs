@@ -92,29 +92,48 @@ const BATCHES_IN_FLIGHT: usize = 4;
 type Reply = oneshot::Sender<Result<Decision, fred::error::Error>>;
 
 struct Pending {
-    client_key: String,
-    blocked_key: String,
+    tier: TierId,
+    /// The client (`ip:...` or `user:...`): the hash key's suffix and the blocked set's member.
     member: String,
     rule: Rule,
     now: u64,
     reply: Reply,
 }
 
+/// The Redis keys of each tier, built once and shared with the batcher.
+struct Keys {
+    /// `<prefix>rl:<tier>:`, followed by the client.
+    client_prefixes: [String; 5],
+    /// `<prefix>rl:blocked:<tier>`.
+    blocked: [String; 5],
+}
+
+impl Keys {
+    fn client(&self, tier: TierId, key: &str) -> String {
+        let prefix = &self.client_prefixes[tier.index()];
+        let mut full = String::with_capacity(prefix.len() + key.len());
+        full.push_str(prefix);
+        full.push_str(key);
+        full
+    }
+}
+
 pub struct RedisStore {
     redis: Redis,
-    /// `<prefix>rl:<tier>:` and `<prefix>rl:blocked:<tier>` per tier, built once.
-    client_prefixes: [String; 5],
-    blocked_keys: [String; 5],
+    keys: Arc<Keys>,
     /// Decisions waiting for the batcher task, started on first use.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
 
 impl RedisStore {
     pub fn new(redis: Redis) -> Self {
-        Self {
+        let keys = Keys {
             client_prefixes: TierId::ALL.map(|t| redis.key(&format!("rl:{}:", t.name()))),
-            blocked_keys: TierId::ALL.map(|t| redis.key(&format!("rl:blocked:{}", t.name()))),
+            blocked: TierId::ALL.map(|t| redis.key(&format!("rl:blocked:{}", t.name()))),
+        };
+        Self {
             redis,
+            keys: Arc::new(keys),
             queue: OnceLock::new(),
         }
     }
@@ -124,15 +143,11 @@ impl RedisStore {
     }
 
     fn client_key(&self, tier: TierId, key: &str) -> String {
-        let prefix = &self.client_prefixes[tier.index()];
-        let mut full = String::with_capacity(prefix.len() + key.len());
-        full.push_str(prefix);
-        full.push_str(key);
-        full
+        self.keys.client(tier, key)
     }
 
-    fn blocked_key(&self, tier: TierId) -> String {
-        self.blocked_keys[tier.index()].clone()
+    fn blocked_key(&self, tier: TierId) -> &str {
+        &self.keys.blocked[tier.index()]
     }
 
     /// Counts one request of `key` in `tier`, atomically in Redis.
@@ -151,13 +166,12 @@ impl RedisStore {
     ) -> Result<Decision, fred::error::Error> {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(batcher(self.redis.clone(), rx));
+            tokio::spawn(batcher(self.redis.clone(), self.keys.clone(), rx));
             tx
         });
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            client_key: self.client_key(tier, key),
-            blocked_key: self.blocked_key(tier),
+            tier,
             member: key.to_owned(),
             rule: *rule,
             now,
@@ -183,14 +197,14 @@ impl RedisStore {
         let mut tiers = Vec::with_capacity(TierId::ALL.len());
         for tier in TierId::ALL {
             let set = self.blocked_key(tier);
-            let _: i64 = cmd.zremrangebyscore(&set, "-inf", now as f64).await?;
-            let total: u64 = cmd.zcard(&set).await?;
+            let _: i64 = cmd.zremrangebyscore(set, "-inf", now as f64).await?;
+            let total: u64 = cmd.zcard(set).await?;
             if total == 0 {
                 tiers.push((tier, Vec::new(), 0));
                 continue;
             }
             let members: Vec<(String, f64)> = cmd
-                .zrangebyscore(&set, "-inf", "+inf", true, Some((0, max as i64)))
+                .zrangebyscore(set, "-inf", "+inf", true, Some((0, max as i64)))
                 .await?;
             let mut blocked = Vec::with_capacity(members.len());
             for (key, until) in members {
@@ -225,7 +239,7 @@ impl RedisStore {
 
 /// Takes queued decisions in batches and runs each batch's script call as its own task, at most
 /// [`BATCHES_IN_FLIGHT`] at once. Ends when the store (the sender) is dropped.
-async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Pending>) {
+async fn batcher(redis: Redis, keys: Arc<Keys>, mut queue: mpsc::UnboundedReceiver<Pending>) {
     let script = Script::from_lua(DECIDE);
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut batch = Vec::with_capacity(BATCH_MAX);
@@ -236,25 +250,26 @@ async fn batcher(redis: Redis, mut queue: mpsc::UnboundedReceiver<Pending>) {
         if queue.recv_many(&mut batch, BATCH_MAX).await == 0 {
             return;
         }
-        let redis = redis.clone();
+        let (redis, keys) = (redis.clone(), keys.clone());
         let sha: Value = script.sha1().clone().into();
         let taken = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX));
         tokio::spawn(async move {
-            run_batch(&redis, sha, taken).await;
+            run_batch(&redis, &keys, sha, taken).await;
             drop(slot);
         });
     }
 }
 
-async fn run_batch(redis: &Redis, sha: Value, batch: Vec<Pending>) {
-    // One clock reading per batch: the decisions are made at the same instant in Redis.
+async fn run_batch(redis: &Redis, keys: &Keys, sha: Value, batch: Vec<Pending>) {
+    // One time for the whole batch, the latest of the callers' readings: the script decides
+    // every request in it at that instant, and time never runs backwards for a client.
     let now = batch.iter().map(|p| p.now).max().unwrap_or(0);
     let mut args: Vec<Value> = Vec::with_capacity(3 + batch.len() * 8);
     args.push(sha);
     args.push((batch.len() as i64 * 2).into());
     for p in &batch {
-        args.push(p.client_key.as_str().into());
-        args.push(p.blocked_key.as_str().into());
+        args.push(keys.client(p.tier, &p.member).into());
+        args.push(keys.blocked[p.tier.index()].as_str().into());
     }
     args.push((now as i64).into());
     for p in &batch {
