@@ -393,6 +393,50 @@ async fn concurrent_bursts_never_over_admit_on_either_store() {
     assert!(!shared.in_fallback());
 }
 
+/// Concurrent decisions for different clients and tiers share script calls on Redis: each must
+/// get its own answer back. Two clients in the heavy tier (limit 20) and one in key creation
+/// (limit 5), interleaved, 40 requests each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mixed_concurrent_decisions_each_get_their_own_answer_on_either_store() {
+    let config = limiter_config(&[
+        ("RATE_LIMIT_HEAVY", "20/1h"),
+        ("RATE_LIMIT_KEY_CREATION", "5/1h"),
+    ]);
+    let clients = [
+        (TierId::Heavy, "user:a"),
+        (TierId::Heavy, "user:b"),
+        (TierId::KeyCreation, "user:a"),
+    ];
+    let run = |limiter: Arc<Limiter>| async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            for (i, (tier, key)) in clients.iter().copied().enumerate() {
+                let limiter = limiter.clone();
+                tasks.spawn(async move { (i, limiter.check(tier, key).await) });
+            }
+        }
+        let mut admitted = [0; 3];
+        let mut last_remaining = [u32::MAX; 3];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, decision) = joined.unwrap();
+            if decision.outcome == Outcome::Allowed {
+                admitted[i] += 1;
+                last_remaining[i] = last_remaining[i].min(decision.remaining);
+            }
+        }
+        (admitted, last_remaining)
+    };
+    let expected = ([20, 20, 5], [0, 0, 0]);
+    assert_eq!(run(Arc::new(Limiter::new(&config, None))).await, expected);
+    let Some(url) = test_redis_url() else { return };
+    let shared = Arc::new(Limiter::new(
+        &config,
+        Some(private_prefix_redis(&url).await),
+    ));
+    assert_eq!(run(shared.clone()).await, expected);
+    assert!(!shared.in_fallback());
+}
+
 // --- Several instances, and Redis going away -----------------------------------------------
 
 /// A second instance of `first`'s deployment: same database, Redis and key prefix.
