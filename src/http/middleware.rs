@@ -243,3 +243,26 @@ fn add_security_headers(headers: &mut HeaderMap) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_handles_are_kept_per_route_method_and_status() {
+        let registry = crate::telemetry::metrics_handle().expect("recorder");
+        for (method, status) in [("GET", 200), ("GET", 200), ("GET", 404), ("POST", 200)] {
+            route_metrics("/test/handles", method, status)
+                .requests
+                .increment(1);
+        }
+        let text = registry.render();
+        for series in [
+            r#"hakikisha_http_requests_total{method="GET",route="/test/handles",status="200"} 2"#,
+            r#"hakikisha_http_requests_total{method="GET",route="/test/handles",status="404"} 1"#,
+            r#"hakikisha_http_requests_total{method="POST",route="/test/handles",status="200"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from {text}");
+        }
+    }
+}
