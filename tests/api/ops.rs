@@ -162,6 +162,9 @@ backend_tests! {
         let res = app.client.get(format!("{}/nope", app.base)).send().await.unwrap();
         assert_eq!(res.headers()["x-request-id"].len(), 36, "generated when absent");
         assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+        let too_long = "x".repeat(201);
+        let res = app.client.get(format!("{}/api/health", app.base)).header("x-request-id", &too_long).send().await.unwrap();
+        assert_eq!(res.headers()["x-request-id"].len(), 36, "replaced when over 200 bytes");
     }
 }
 
