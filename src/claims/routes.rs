@@ -88,15 +88,12 @@ async fn submit(
         }
     }
     v.finish()?;
-    // A text submitted before by others is likely spreading: rank it higher in the queue.
-    let repeats = store::count_same_text(&state.db, text).await?;
     let new = store::NewClaim {
         text,
         category: req.category,
         source_url: req.source_url.as_deref(),
         video_url: req.video_url.as_deref(),
         image_url: req.image_url.as_deref(),
-        priority: repeats.min(100) as i32,
     };
     let claim = store::insert(&state.db, user.id, &new, Utc::now()).await?;
     tracing::info!(claim_id = %claim.id, user_id = %user.id, "claim submitted");
@@ -262,15 +259,12 @@ struct PublicClaim {
 /// Loads a claim for the public cache; anything not resolved is "not found" here and never
 /// cached.
 async fn load_public(state: &AppState, id: Uuid) -> ApiResult<PublicClaim> {
-    let claim = store::get_primary(&state.db, id)
+    let (claim, verdicts) = store::get_with_verdicts_primary(&state.db, id)
         .await?
-        .filter(|c| c.status == ClaimStatus::Resolved)
+        .filter(|(c, _)| c.status == ClaimStatus::Resolved)
         .ok_or_else(|| ApiError::not_found("claim"))?;
     let submitter_id = claim.submitter_id;
-    let view = with_verdicts(state, vec![claim], false)
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::not_found("claim"))?;
+    let view = ClaimView::new(claim, verdicts, false);
     Ok(PublicClaim {
         submitter_id,
         view: serde_json::to_value(view).map_err(|e| ApiError::Internal(e.into()))?,

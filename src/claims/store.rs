@@ -24,10 +24,10 @@ pub struct NewClaim<'a> {
     pub source_url: Option<&'a str>,
     pub video_url: Option<&'a str>,
     pub image_url: Option<&'a str>,
-    /// Review priority; repeat submissions of a text already in the system rank higher.
-    pub priority: i32,
 }
 
+/// Inserts a pending claim. Its review priority is the number of claims already carrying the
+/// same text (at most 100): a text submitted again is likely spreading, so it ranks higher.
 pub async fn insert(
     db: &Db,
     submitter: Uuid,
@@ -36,7 +36,9 @@ pub async fn insert(
 ) -> Result<Claim, sqlx::Error> {
     const SQL: &str = concat!(
         "INSERT INTO claims (id, submitter_id, text, text_hash, category, source_url, video_url, image_url, status, priority, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $10) RETURNING ",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending',
+                 (SELECT CASE WHEN COUNT(*) > 100 THEN 100 ELSE COUNT(*) END FROM claims WHERE text_hash = $4),
+                 $9, $9) RETURNING ",
         claim_columns!()
     );
     db_write!(db, "claims.insert", SQL, |pool| {
@@ -49,19 +51,7 @@ pub async fn insert(
             .bind(new.source_url)
             .bind(new.video_url)
             .bind(new.image_url)
-            .bind(new.priority)
             .bind(now)
-            .fetch_one(pool)
-            .await
-    })
-}
-
-/// How many claims already carry this text.
-pub async fn count_same_text(db: &Db, text: &str) -> Result<i64, sqlx::Error> {
-    const SQL: &str = "SELECT COUNT(*) FROM claims WHERE text_hash = $1";
-    db_read!(db, "claims.count_same_text", SQL, |pool| {
-        sqlx::query_scalar(SQL)
-            .bind(text_hash(text))
             .fetch_one(pool)
             .await
     })
@@ -86,6 +76,84 @@ pub async fn get_primary(db: &Db, id: Uuid) -> Result<Option<Claim>, sqlx::Error
             .fetch_optional(pool)
             .await
     })
+}
+
+/// A claim and its verdicts from the primary, in one query on one connection: the uncached
+/// public read. One row per verdict, or one row with no verdict columns.
+pub async fn get_with_verdicts_primary(
+    db: &Db,
+    id: Uuid,
+) -> Result<Option<(Claim, Vec<Verdict>)>, sqlx::Error> {
+    const SQL: &str = concat!(
+        "SELECT c.*, v.kind AS v_kind, v.label AS v_label, v.explanation AS v_explanation, \
+         v.sources AS v_sources, v.confidence AS v_confidence, v.created_at AS v_created_at, \
+         v.updated_at AS v_updated_at FROM (SELECT ",
+        claim_columns!(),
+        " FROM claims WHERE id = $1) c LEFT JOIN verdicts v ON v.claim_id = c.id"
+    );
+    let rows = db_write!(db, "claims.with_verdicts_primary", SQL, |pool| {
+        sqlx::query_as::<_, ClaimVerdictRow>(SQL)
+            .bind(id)
+            .fetch_all(pool)
+            .await
+    })?;
+    let mut claim = None;
+    let mut verdicts = Vec::new();
+    for row in rows {
+        let (c, v) = row.into_parts()?;
+        verdicts.extend(v);
+        claim.get_or_insert(c);
+    }
+    Ok(claim.map(|c| (c, verdicts)))
+}
+
+/// A row of [`get_with_verdicts_primary`]: the claim, and one verdict's columns (all `NULL`
+/// when the claim has none).
+#[derive(sqlx::FromRow)]
+struct ClaimVerdictRow {
+    #[sqlx(flatten)]
+    claim: Claim,
+    v_kind: Option<String>,
+    v_label: Option<String>,
+    v_explanation: Option<String>,
+    v_sources: Option<SqlJson<Vec<Source>>>,
+    v_confidence: Option<f64>,
+    v_created_at: Option<DateTime<Utc>>,
+    v_updated_at: Option<DateTime<Utc>>,
+}
+
+impl ClaimVerdictRow {
+    fn into_parts(self) -> Result<(Claim, Option<Verdict>), sqlx::Error> {
+        let decode = |e: String| sqlx::Error::Decode(e.into());
+        let verdict = match (
+            self.v_kind,
+            self.v_label,
+            self.v_explanation,
+            self.v_sources,
+            self.v_created_at,
+            self.v_updated_at,
+        ) {
+            (
+                Some(kind),
+                Some(label),
+                Some(explanation),
+                Some(sources),
+                Some(created_at),
+                Some(updated_at),
+            ) => Some(Verdict {
+                claim_id: self.claim.id,
+                kind: VerdictKind::try_from(kind).map_err(decode)?,
+                label: Label::try_from(label).map_err(decode)?,
+                explanation,
+                sources,
+                confidence: self.v_confidence,
+                created_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        Ok((self.claim, verdict))
+    }
 }
 
 /// Verdicts of the given claims (one query, whatever the count).

@@ -128,6 +128,42 @@ backend_tests! {
         assert_eq!(public.body["verdict"]["source"], "human");
         assert_eq!(public.body["verdict"]["label"], "misleading");
         assert_eq!(public.body["verdict"]["explanation"], "The gazette lists the approval.");
+
+        // The uncached public read takes the claim and both verdicts in one query.
+        let (claim, mut verdicts) = store::get_with_verdicts_primary(&app.db, claim_id).await.unwrap().unwrap();
+        assert_eq!(claim.id, claim_id);
+        verdicts.sort_by_key(|v| v.kind.as_str());
+        assert_eq!(verdicts.iter().map(|v| (v.kind, v.label)).collect::<Vec<_>>(),
+                   [(VerdictKind::Ai, Label::False), (VerdictKind::Human, Label::Misleading)]);
+        assert_eq!(verdicts[0].confidence, Some(0.8));
+        assert_eq!(verdicts[0].sources.0, sources);
+        assert!(verdicts.iter().all(|v| v.claim_id == claim_id));
+        assert!(store::get_with_verdicts_primary(&app.db, uuid::Uuid::new_v4()).await.unwrap().is_none());
+        // A claim without verdicts comes back alone.
+        let bare = app.submit_claim(&citizen, "The river bridge was built without any tender", "economy").await;
+        let (claim, verdicts) = store::get_with_verdicts_primary(&app.db, bare.parse().unwrap()).await.unwrap().unwrap();
+        assert_eq!(claim.id.to_string(), bare);
+        assert!(verdicts.is_empty());
+    }
+
+    async fn a_text_submitted_again_ranks_higher_in_the_review_queue(app) {
+        let (_, first) = app.user_with_role("first", "user").await;
+        let (_, second) = app.user_with_role("second", "user").await;
+        let text = "The new bridge on the river cost twice its budget";
+        let submit = |token: String, text: &'static str| {
+            let app = &app;
+            async move { app.post("/api/v1/claims", Some(&token), json!({"text": text, "category": "economy"})).await }
+        };
+        let original = submit(first.clone(), text).await;
+        original.assert(201);
+        assert_eq!(original.body["priority"], 0);
+        let again = submit(second.clone(), text).await;
+        again.assert(201);
+        assert_eq!(again.body["priority"], 1);
+        let third = submit(first, text).await;
+        assert_eq!(third.body["priority"], 2);
+        let other = submit(second, "The old bridge on the river cost half its budget").await;
+        assert_eq!(other.body["priority"], 0);
     }
 
     async fn search_finds_resolved_claims_by_relevance_only(app) {
