@@ -490,6 +490,8 @@ fn cache_config(
             trending: ttl("CACHE_TTL_TRENDING", "5m")?,
             blogs: ttl("CACHE_TTL_BLOGS", "1h")?,
             keys: ttl("CACHE_TTL_KEYS", "5m")?,
+            // Zero reads the account on every authenticated request.
+            accounts: duration(get, "CACHE_TTL_ACCOUNTS", "30s")?,
         },
         repeat_invalidation_after: None,
     })

@@ -2,13 +2,17 @@
 //!
 //! Roles are `user`, `fact_checker` (pending until an admin approves) and `admin` (never
 //! self-registered). Suspended, pending and rejected users cannot log in, and their existing
-//! access tokens stop working because every authenticated request re-reads the account.
+//! access tokens stop working: every authenticated request checks the account's current
+//! status and role (see [`crate::http::auth`]).
 
 pub mod admin;
 pub mod password;
 pub mod routes;
 pub mod store;
 pub mod tokens;
+
+/// The key of a signed-in account in the cache's `accounts` namespace (scope: the account).
+pub const CACHED_ACCOUNT: &str = "account";
 
 use std::fmt;
 

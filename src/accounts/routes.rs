@@ -222,6 +222,7 @@ async fn login(
     };
     require_active(&user)?;
     store::touch_login(&state.db, user.id).await?;
+    forget_account(&state, user.id, &user.username, Change::Details).await;
     tracing::info!(user_id = %user.id, "signed in");
     Ok(Json(issue_tokens(&state, user, None).await?))
 }
@@ -324,7 +325,7 @@ async fn update_profile(
     )
     .await?
     .ok_or_else(|| ApiError::not_found("account"))?;
-    forget_profile(&state, &updated.username).await;
+    forget_account(&state, updated.id, &updated.username, Change::Details).await;
     Ok(Json(updated))
 }
 
@@ -357,16 +358,42 @@ async fn change_password(
     let hash = state.passwords.hash(req.new_password).await?;
     store::set_password(&state.db, user.id, &hash).await?;
     store::revoke_all_for_user(&state.db, user.id).await?;
+    forget_account(&state, user.id, &user.username, Change::Access).await;
     tracing::info!(user_id = %user.id, "password changed");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Forgets the cached public profile of `username` (here and in every instance).
-pub(crate) async fn forget_profile(state: &AppState, username: &str) {
+/// What changed about an account, for [`forget_account`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Profile fields or the last sign-in.
+    Details,
+    /// Status, password or deletion: what decides whether its tokens still work.
+    Access,
+}
+
+/// Forgets what the cache holds about an account after a change to it, here and in every
+/// instance: its public profile, and the copy the auth extractor reads. An `Access` change
+/// drops every cached account (a new generation of the namespace), so that a read already in
+/// flight, on any instance, cannot put the old account back.
+pub(crate) async fn forget_account(state: &AppState, id: Uuid, username: &str, change: Change) {
     state
         .cache
         .invalidate(Namespace::Profiles, Scope::Public, &username.to_lowercase())
         .await;
+    match change {
+        Change::Details => {
+            state
+                .cache
+                .invalidate(
+                    Namespace::Accounts,
+                    Scope::PerUser(id),
+                    super::CACHED_ACCOUNT,
+                )
+                .await
+        }
+        Change::Access => state.cache.invalidate_namespace(Namespace::Accounts).await,
+    }
 }
 
 /// Public profile of an active account. Cached; answers `If-None-Match`.

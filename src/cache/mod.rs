@@ -75,16 +75,20 @@ pub enum Namespace {
     Ai,
     /// Vault key lists (per user).
     Keys,
+    /// Signed-in accounts as the auth extractor reads them (per user, memory only: they carry
+    /// the password hash).
+    Accounts,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 6] = [
+    pub const ALL: [Namespace; 7] = [
         Self::Claims,
         Self::ClaimsTrending,
         Self::Profiles,
         Self::Blogs,
         Self::Ai,
         Self::Keys,
+        Self::Accounts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Namespace {
             Self::Blogs => "blogs",
             Self::Ai => "ai",
             Self::Keys => "keys",
+            Self::Accounts => "accounts",
         }
     }
 
@@ -142,6 +147,9 @@ pub struct Ttls {
     pub trending: Duration,
     pub blogs: Duration,
     pub keys: Duration,
+    /// `CACHE_TTL_ACCOUNTS`: how long a signed-in account is kept between reads; zero reads it
+    /// on every request.
+    pub accounts: Duration,
 }
 
 impl Default for Ttls {
@@ -154,6 +162,7 @@ impl Default for Ttls {
             trending: min(5),
             blogs: min(60),
             keys: min(5),
+            accounts: Duration::from_secs(30),
         }
     }
 }
@@ -198,6 +207,15 @@ pub struct Cached<T> {
 }
 
 impl<T> Cached<T> {
+    /// A value the loader just produced and nothing keeps (zero TTL).
+    fn loaded(value: T) -> Self {
+        Self {
+            value: Arc::new(value),
+            source: Source::Loader,
+            expires_at: Instant::now(),
+        }
+    }
+
     /// Time left before the entry expires.
     pub fn remaining(&self) -> Duration {
         self.expires_at.saturating_duration_since(Instant::now())
@@ -360,12 +378,61 @@ impl Cache {
         Fut: Future<Output = ApiResult<T>>,
     {
         if ttl.is_zero() {
-            return Ok(Cached {
-                value: Arc::new(load().await?),
-                source: Source::Loader,
-                expires_at: Instant::now(),
-            });
+            return Ok(Cached::loaded(load().await?));
         }
+        let redis_key = self.redis_key(ns, scope, key);
+        self.get_or_fill(ns, scope, key, async {
+            if let Some((value, expires_at)) = self.redis_get::<T>(ns, &redis_key, ttl).await {
+                return Ok((value, expires_at, Source::Redis));
+            }
+            self.inner.stats.load(ns);
+            let value = load().await?;
+            self.redis_put(ns, redis_key.clone(), &value, ttl);
+            Ok((value, Instant::now() + ttl, Source::Loader))
+        })
+        .await
+    }
+
+    /// Like [`Cache::get_or_load`], but the value stays in this process: it is never written
+    /// to Redis (it may hold what must not leave the process, such as a password hash).
+    /// Invalidations still reach every instance through pub/sub.
+    pub async fn get_or_load_local<T, F, Fut>(
+        &self,
+        ns: Namespace,
+        scope: Scope,
+        key: &str,
+        ttl: Duration,
+        load: F,
+    ) -> ApiResult<Cached<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        if ttl.is_zero() {
+            return Ok(Cached::loaded(load().await?));
+        }
+        self.get_or_fill(ns, scope, key, async {
+            self.inner.stats.load(ns);
+            let value = load().await?;
+            Ok((value, Instant::now() + ttl, Source::Loader))
+        })
+        .await
+    }
+
+    /// The memory layer's part of both lookups: a hit, or `fill` run once for all concurrent
+    /// misses on the key.
+    async fn get_or_fill<T, Fill>(
+        &self,
+        ns: Namespace,
+        scope: Scope,
+        key: &str,
+        fill: Fill,
+    ) -> ApiResult<Cached<T>>
+    where
+        T: Send + Sync + 'static,
+        Fill: Future<Output = ApiResult<(T, Instant, Source)>>,
+    {
         let memory_key = self.memory_key(ns, scope, key);
         if let Some(entry) = self.inner.memory.get(&memory_key).await {
             match entry.value.downcast::<T>() {
@@ -387,25 +454,15 @@ impl Cache {
             }
         }
         self.inner.stats.lookup(ns, Layer::Memory, false);
-        let redis_key = self.redis_key(ns, scope, key);
         let entry = self
             .inner
             .memory
             .try_get_with(memory_key, async {
-                if let Some((value, expires_at)) = self.redis_get::<T>(ns, &redis_key, ttl).await {
-                    return Ok(Entry {
-                        value: Arc::new(value),
-                        expires_at,
-                        source: Source::Redis,
-                    });
-                }
-                self.inner.stats.load(ns);
-                let value = load().await?;
-                self.redis_put(ns, redis_key.clone(), &value, ttl);
+                let (value, expires_at, source) = fill.await?;
                 Ok::<_, ApiError>(Entry {
                     value: Arc::new(value),
-                    expires_at: Instant::now() + ttl,
-                    source: Source::Loader,
+                    expires_at,
+                    source,
                 })
             })
             .await

@@ -1,5 +1,10 @@
-//! Authentication and role extractors. The account is re-read on every request, so a
-//! suspension or role change takes effect immediately, whatever the token says.
+//! Authentication and role extractors. Every request checks the account's current status and
+//! role, whatever the token says. The account is read through the cache's memory-only
+//! `accounts` namespace (`CACHE_TTL_ACCOUNTS`, 30 s): every change to an account invalidates
+//! it here and, through Redis pub/sub, on every other instance, and a change of status,
+//! password or a deletion drops every cached account, so a suspension takes effect at once.
+//! While Redis is unreachable another instance may keep the old copy until its TTL ends;
+//! `CACHE_TTL_ACCOUNTS=0s` reads the account from the database on every request instead.
 
 use axum::{
     extract::FromRequestParts,
@@ -7,7 +12,8 @@ use axum::{
 };
 
 use crate::{
-    accounts::{Role, Status, User, store},
+    accounts::{CACHED_ACCOUNT, Role, Status, User, store},
+    cache::{Namespace, Scope},
     error::ApiError,
     state::AppState,
 };
@@ -40,9 +46,22 @@ impl FromRequestParts<AppState> for AuthUser {
         let claims = state.tokens.verify_access(token).ok_or_else(|| {
             ApiError::Unauthorized("the access token is invalid or expired".into())
         })?;
-        let user = store::find_by_id(&state.db, claims.sub)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("the account no longer exists".into()))?;
+        let id = claims.sub;
+        let cached = state
+            .cache
+            .get_or_load_local(
+                Namespace::Accounts,
+                Scope::PerUser(id),
+                CACHED_ACCOUNT,
+                state.cache.ttls().accounts,
+                || async {
+                    store::find_by_id(&state.db, id).await?.ok_or_else(|| {
+                        ApiError::Unauthorized("the account no longer exists".into())
+                    })
+                },
+            )
+            .await?;
+        let user = User::clone(&cached.value);
         match user.status {
             Status::Active => {}
             Status::Pending => {

@@ -118,6 +118,12 @@ backend_tests! {
         let refresh = app.login("suspect", PASSWORD).await.body["refresh_token"].as_str().unwrap().to_owned();
         let admin = app.admin_token().await;
         let id = user["id"].as_str().unwrap();
+        // The account is cached after the first request: the second one is a memory hit.
+        let accounts = || app.state.cache.snapshot().namespaces.into_iter().find(|n| n.namespace == "accounts").unwrap();
+        app.get("/api/v1/auth/me", Some(&token)).await.assert(200);
+        let hits = accounts().memory_hits;
+        app.get("/api/v1/auth/me", Some(&token)).await.assert(200);
+        assert!(accounts().memory_hits > hits, "the second request reads the cached account");
         app.post(&format!("/api/v1/admin/users/{id}/suspend"), Some(&admin), json!({})).await.assert(200);
 
         let me = app.get("/api/v1/auth/me", Some(&token)).await;
@@ -130,6 +136,14 @@ backend_tests! {
         app.post(&format!("/api/v1/admin/users/{id}/activate"), Some(&admin), json!({})).await.assert(200);
         app.get("/api/v1/auth/me", Some(&token)).await.assert(200);
         app.login("suspect", PASSWORD).await.assert(200);
+    }
+
+    async fn profile_changes_show_at_once_to_the_signed_in_user(app) {
+        let (_, token) = app.user_with_role("amani", "user").await;
+        assert_eq!(app.get("/api/v1/auth/me", Some(&token)).await.body["display_name"], "amani");
+        app.request(reqwest::Method::PATCH, "/api/v1/users/me", Some(&token), Some(json!({"display_name": "Amani K."})))
+            .await.assert(200);
+        assert_eq!(app.get("/api/v1/auth/me", Some(&token)).await.body["display_name"], "Amani K.");
     }
 
     async fn changing_the_password_needs_the_current_one_and_signs_out_elsewhere(app) {

@@ -283,6 +283,41 @@ async fn a_write_on_one_instance_is_visible_on_another_within_a_second() {
         "B still serves the old article list after 1 s"
     );
 
+    // A suspension on A locks the account out of B at once, though B had it cached; the
+    // cached account itself never reaches Redis (it holds the password hash).
+    let (user, victim) = a.user_with_role("victim", "user").await;
+    b.get("/api/v1/auth/me", Some(&victim)).await.assert(200);
+    b.get("/api/v1/auth/me", Some(&victim)).await.assert(200);
+    assert!(namespace(&b, "accounts").memory_hits > 0);
+    let redis = b.state.redis.as_ref().unwrap();
+    let pattern = redis.key("cache:accounts:*");
+    let stored: Vec<String> =
+        fred::interfaces::ClientLike::custom(&redis.cmd(), fred::cmd!("KEYS"), vec![pattern])
+            .await
+            .unwrap();
+    assert!(stored.is_empty(), "accounts in Redis: {stored:?}");
+    let admin = a.admin_token().await;
+    let id = user["id"].as_str().unwrap();
+    a.post(
+        &format!("/api/v1/admin/users/{id}/suspend"),
+        Some(&admin),
+        json!({}),
+    )
+    .await
+    .assert(200);
+    let took = within(Duration::from_secs(1), || async {
+        b.get("/api/v1/auth/me", Some(&victim))
+            .await
+            .status
+            .as_u16()
+            == 403
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "B still lets a suspended account in after 1 s"
+    );
+
     // Redis is the shared layer: a value A loaded is a Redis hit on B.
     a.get("/api/v1/users/checker", None).await.assert(200);
     let redis_hits = namespace(&b, "profiles").redis_hits;
