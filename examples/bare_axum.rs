@@ -3,20 +3,32 @@
 //! with the same load generator and concurrency, as the real service, so ratios hold on a noisy
 //! machine.
 //!
-//!     cargo run --release --example bare_axum -- 127.0.0.1:18080
+//! Given a file, it also answers `GET /body` with that file's bytes as JSON: the bench serves
+//! the service's own trending response this way, to show what sending a body of that size costs
+//! a server that does nothing else.
+//!
+//!     cargo run --release --example bare_axum -- 127.0.0.1:18080 [body.json]
 
-use axum::{Json, Router, routing::get};
+use axum::{Json, Router, body::Bytes, http::header, routing::get};
 use serde_json::json;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18080".into());
-    let app = Router::new().route(
-        "/api/health",
-        get(|| async { Json(json!({"status": "ok", "version": "bare", "uptime_seconds": 0})) }),
-    );
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18080".into());
+    let body = Bytes::from(match args.next() {
+        Some(path) => std::fs::read(path)?,
+        None => Vec::new(),
+    });
+    let app = Router::new()
+        .route(
+            "/api/health",
+            get(|| async { Json(json!({"status": "ok", "version": "bare", "uptime_seconds": 0})) }),
+        )
+        .route(
+            "/body",
+            get(|| async move { ([(header::CONTENT_TYPE, "application/json")], body) }),
+        );
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     axum::serve(listener, app).await
 }
