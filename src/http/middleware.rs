@@ -30,6 +30,9 @@ type HandleCache = HashMap<Box<str>, Vec<((&'static str, u16), RouteMetrics)>>;
 
 static HANDLES: LazyLock<RwLock<HandleCache>> = LazyLock::new(Default::default);
 
+static IN_FLIGHT: LazyLock<metrics::Gauge> =
+    LazyLock::new(|| metrics::gauge!("hakikisha_http_requests_in_flight"));
+
 fn route_metrics(route: &str, method: &'static str, status: u16) -> RouteMetrics {
     let key = (method, status);
     let find = |cache: &HandleCache| {
@@ -99,7 +102,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let method = method_label(req.method());
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let request_id = request_id(&mut req);
-    let in_flight = metrics::gauge!("hakikisha_http_requests_in_flight");
+    let in_flight = &*IN_FLIGHT;
     in_flight.increment(1.0);
     let mut response = problemize(next.run(req).await);
     in_flight.decrement(1.0);
@@ -118,9 +121,9 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let request_id = request_id.to_str().unwrap_or_default();
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
-        tracing::warn!(%request_id, method, %route, status, latency_ms, "request");
+        tracing::warn!(%request_id, %method, %route, status, latency_ms, "request");
     } else {
-        tracing::info!(%request_id, method, %route, status, latency_ms, "request");
+        tracing::info!(%request_id, %method, %route, status, latency_ms, "request");
     }
     response
 }
@@ -238,9 +241,7 @@ const SECURITY_HEADERS: [(HeaderName, HeaderValue); 12] = [
 fn add_security_headers(headers: &mut HeaderMap) {
     headers.reserve(SECURITY_HEADERS.len());
     for (name, value) in SECURITY_HEADERS {
-        if !headers.contains_key(&name) {
-            headers.insert(name, value);
-        }
+        headers.entry(name).or_insert(value);
     }
 }
 
