@@ -119,7 +119,8 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     handles.duration.record(elapsed.as_secs_f64());
     crate::telemetry::history::HTTP.record(status, elapsed);
     let request_id = request_id.to_str().unwrap_or_default();
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    // Whole microseconds: a short number to print ("1.471", not "1.4710210000000001").
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     if status >= 500 {
         tracing::warn!(%request_id, %method, %route, status, latency_ms, "request");
     } else {
