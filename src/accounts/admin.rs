@@ -136,7 +136,7 @@ async fn change_status(
     if to != Status::Active {
         store::revoke_all_for_user(&state.db, id).await?;
     }
-    forget_account(state, id, &updated.username, Change::Access).await;
+    forget_account(state, id, &updated.username, Change::Status).await;
     tracing::info!(admin_id = %admin.id, user_id = %id, from = %user.status, to = %to, "account status changed");
     Ok(Json(updated))
 }
@@ -216,7 +216,7 @@ async fn delete_user(
     if !store::delete_user(&state.db, id).await? {
         return Err(ApiError::not_found("user"));
     }
-    forget_account(&state, id, &user.username, Change::Access).await;
+    forget_account(&state, id, &user.username, Change::Status).await;
     tracing::info!(admin_id = %admin.id, user_id = %id, "account deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -222,7 +222,7 @@ async fn login(
     };
     require_active(&user)?;
     store::touch_login(&state.db, user.id).await?;
-    forget_account(&state, user.id, &user.username, Change::Details).await;
+    forget_account(&state, user.id, &user.username, Change::SignIn).await;
     tracing::info!(user_id = %user.id, "signed in");
     Ok(Json(issue_tokens(&state, user, None).await?))
 }
@@ -325,7 +325,7 @@ async fn update_profile(
     )
     .await?
     .ok_or_else(|| ApiError::not_found("account"))?;
-    forget_account(&state, updated.id, &updated.username, Change::Details).await;
+    forget_account(&state, updated.id, &updated.username, Change::Profile).await;
     Ok(Json(updated))
 }
 
@@ -358,7 +358,7 @@ async fn change_password(
     let hash = state.passwords.hash(req.new_password).await?;
     store::set_password(&state.db, user.id, &hash).await?;
     store::revoke_all_for_user(&state.db, user.id).await?;
-    forget_account(&state, user.id, &user.username, Change::Access).await;
+    forget_account(&state, user.id, &user.username, Change::Password).await;
     tracing::info!(user_id = %user.id, "password changed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -366,23 +366,31 @@ async fn change_password(
 /// What changed about an account, for [`forget_account`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
-    /// Profile fields or the last sign-in.
-    Details,
-    /// Status, password or deletion: what decides whether its tokens still work.
-    Access,
+    /// The last sign-in: only the signed-in copy shows it.
+    SignIn,
+    /// Display name, bio or avatar: also on the public profile.
+    Profile,
+    /// The password: decides whether its tokens still work.
+    Password,
+    /// Status or deletion: decides whether its tokens still work and whether it has a public
+    /// profile at all.
+    Status,
 }
 
 /// Forgets what the cache holds about an account after a change to it, here and in every
-/// instance: its public profile, and the copy the auth extractor reads. An `Access` change
-/// drops every cached account (a new generation of the namespace), so that a read already in
-/// flight, on any instance, cannot put the old account back.
+/// instance: the copy the auth extractor reads and, when the change shows there, its public
+/// profile. A password or status change drops every cached account (a new generation of the
+/// namespace), so that a read already in flight, on any instance, cannot put the old account
+/// back.
 pub(crate) async fn forget_account(state: &AppState, id: Uuid, username: &str, change: Change) {
-    state
-        .cache
-        .invalidate(Namespace::Profiles, Scope::Public, &username.to_lowercase())
-        .await;
+    if matches!(change, Change::Profile | Change::Status) {
+        state
+            .cache
+            .invalidate(Namespace::Profiles, Scope::Public, &username.to_lowercase())
+            .await;
+    }
     match change {
-        Change::Details => {
+        Change::SignIn | Change::Profile => {
             state
                 .cache
                 .invalidate(
@@ -392,7 +400,9 @@ pub(crate) async fn forget_account(state: &AppState, id: Uuid, username: &str, c
                 )
                 .await
         }
-        Change::Access => state.cache.invalidate_namespace(Namespace::Accounts).await,
+        Change::Password | Change::Status => {
+            state.cache.invalidate_namespace(Namespace::Accounts).await
+        }
     }
 }
 
