@@ -261,26 +261,7 @@ async fn batcher(redis: Redis, keys: Arc<Keys>, mut queue: mpsc::UnboundedReceiv
 }
 
 async fn run_batch(redis: &Redis, keys: &Keys, sha: Value, batch: Vec<Pending>) {
-    // One time for the whole batch, the latest of the callers' readings: the script decides
-    // every request in it at that instant, and time never runs backwards for a client.
-    let now = batch.iter().map(|p| p.now).max().unwrap_or(0);
-    let mut args: Vec<Value> = Vec::with_capacity(3 + batch.len() * 8);
-    args.push(sha);
-    args.push((batch.len() as i64 * 2).into());
-    for p in &batch {
-        args.push(keys.client(p.tier, &p.member).into());
-        args.push(keys.blocked[p.tier.index()].as_str().into());
-    }
-    args.push((now as i64).into());
-    for p in &batch {
-        args.push(i64::from(p.rule.limit).into());
-        args.push((p.rule.window_ms as i64).into());
-        args.push((p.rule.block_ms as i64).into());
-        args.push((p.rule.block_max_ms as i64).into());
-        args.push((p.rule.offence_window_ms as i64).into());
-        args.push(p.member.as_str().into());
-    }
-    match eval(redis, args).await {
+    match eval(redis, || batch_args(keys, &sha, &batch)).await {
         Ok(reply) if reply.len() == batch.len() * 4 => {
             for (p, d) in batch.into_iter().zip(reply.chunks_exact(4)) {
                 let _ = p.reply.send(Ok(Decision {
@@ -311,17 +292,46 @@ async fn run_batch(redis: &Redis, keys: &Keys, sha: Value, batch: Vec<Pending>) 
     }
 }
 
-/// `EVALSHA`, loading the script on `NOSCRIPT` (first use, or after a Redis restart).
-async fn eval(redis: &Redis, args: Vec<Value>) -> Result<Vec<i64>, fred::error::Error> {
+/// The `EVALSHA` arguments of a batch: the script, the key pairs, then the time and each
+/// decision's rule and client.
+fn batch_args(keys: &Keys, sha: &Value, batch: &[Pending]) -> Vec<Value> {
+    // One time for the whole batch, the latest of the callers' readings: the script decides
+    // every request in it at that instant, and time never runs backwards for a client.
+    let now = batch.iter().map(|p| p.now).max().unwrap_or(0);
+    let mut args: Vec<Value> = Vec::with_capacity(3 + batch.len() * 8);
+    args.push(sha.clone());
+    args.push((batch.len() as i64 * 2).into());
+    for p in batch {
+        args.push(keys.client(p.tier, &p.member).into());
+        args.push(keys.blocked[p.tier.index()].as_str().into());
+    }
+    args.push((now as i64).into());
+    for p in batch {
+        args.push(i64::from(p.rule.limit).into());
+        args.push((p.rule.window_ms as i64).into());
+        args.push((p.rule.block_ms as i64).into());
+        args.push((p.rule.block_max_ms as i64).into());
+        args.push((p.rule.offence_window_ms as i64).into());
+        args.push(p.member.as_str().into());
+    }
+    args
+}
+
+/// `EVALSHA`, loading the script on `NOSCRIPT` (first use, or after a Redis restart). The
+/// arguments are built again for the retry rather than copied before every call.
+async fn eval(
+    redis: &Redis,
+    args: impl Fn() -> Vec<Value>,
+) -> Result<Vec<i64>, fred::error::Error> {
     let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-    match redis.cmd().custom(evalsha.clone(), args.clone()).await {
+    match redis.cmd().custom(evalsha.clone(), args()).await {
         Err(e) if e.details().starts_with("NOSCRIPT") => {
             let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
             let _: String = redis
                 .cmd()
                 .custom(load, vec![Value::from("LOAD"), Value::from(DECIDE)])
                 .await?;
-            redis.cmd().custom(evalsha, args).await
+            redis.cmd().custom(evalsha, args()).await
         }
         other => other,
     }

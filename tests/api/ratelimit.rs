@@ -437,6 +437,36 @@ async fn mixed_concurrent_decisions_each_get_their_own_answer_on_either_store() 
     assert!(!shared.in_fallback());
 }
 
+/// Redis forgets its scripts when it restarts (or on `SCRIPT FLUSH`): the next decision gets
+/// `NOSCRIPT`, loads the script and is retried with the same arguments, and counting goes on
+/// where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_survive_redis_forgetting_the_script() {
+    let Some(url) = test_redis_url() else { return };
+    let redis = private_prefix_redis(&url).await;
+    let limiter = Limiter::new(&limiter_config(&[]), Some(redis.clone()));
+    let key = "ip:192.0.2.77";
+    for expected in [2, 1] {
+        let d = limiter.check(TierId::Auth, key).await;
+        assert_eq!((d.outcome, d.remaining), (Outcome::Allowed, expected));
+    }
+    let flushed: String =
+        fred::interfaces::ClientLike::custom(&redis.cmd(), fred::cmd!("SCRIPT"), vec!["FLUSH"])
+            .await
+            .unwrap();
+    assert_eq!(flushed, "OK");
+    let d = limiter.check(TierId::Auth, key).await;
+    assert_eq!((d.outcome, d.remaining), (Outcome::Allowed, 0));
+    assert_eq!(
+        limiter.check(TierId::Auth, key).await.outcome,
+        Outcome::Limited
+    );
+    assert!(
+        !limiter.in_fallback(),
+        "answered by Redis, not the fallback"
+    );
+}
+
 // --- Several instances, and Redis going away -----------------------------------------------
 
 /// A second instance of `first`'s deployment: same database, Redis and key prefix.
