@@ -266,5 +266,19 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing from {text}");
         }
+        // The counts above would be the same without the cache: check the handles are kept,
+        // one per (method, status), and that a repeat finds them instead of adding another.
+        let kept = |route: &str| {
+            HANDLES.read().unwrap()[route]
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kept("/test/handles"),
+            [("GET", 200), ("GET", 404), ("POST", 200)]
+        );
+        route_metrics("/test/handles", "GET", 200);
+        assert_eq!(kept("/test/handles").len(), 3);
     }
 }
