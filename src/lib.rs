@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod ai;
+pub mod batch;
 pub mod blogs;
 pub mod cache;
 pub mod claims;

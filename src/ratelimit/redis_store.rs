@@ -19,10 +19,10 @@ use fred::{
     types::{ClusterHash, CustomCommand, Value, scripts::Script},
 };
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{BlockedClient, Decision, Outcome, Rule, TierId};
-use crate::redis::Redis;
+use crate::{batch::Batcher, redis::Redis};
 
 /// One script call decides a batch of requests, in order: KEYS are (client hash, blocked set)
 /// pairs; ARGV[1] is now (ms), then per decision: limit, window, block, block_max,
@@ -122,7 +122,7 @@ pub struct RedisStore {
     redis: Redis,
     keys: Arc<Keys>,
     /// Decisions waiting for the batcher task, started on first use.
-    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+    queue: OnceLock<Batcher<Pending>>,
 }
 
 impl RedisStore {
@@ -165,9 +165,12 @@ impl RedisStore {
         now: u64,
     ) -> Result<Decision, fred::error::Error> {
         let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(batcher(self.redis.clone(), self.keys.clone(), rx));
-            tx
+            let (redis, keys) = (self.redis.clone(), self.keys.clone());
+            let sha: Value = Script::from_lua(DECIDE).sha1().clone().into();
+            Batcher::start(BATCH_MAX, BATCHES_IN_FLIGHT, move |batch| {
+                let (redis, keys, sha) = (redis.clone(), keys.clone(), sha.clone());
+                async move { run_batch(&redis, &keys, sha, batch).await }
+            })
         });
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -237,29 +240,7 @@ impl RedisStore {
     }
 }
 
-/// Takes queued decisions in batches and runs each batch's script call as its own task, at most
-/// [`BATCHES_IN_FLIGHT`] at once. Ends when the store (the sender) is dropped.
-async fn batcher(redis: Redis, keys: Arc<Keys>, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    let script = Script::from_lua(DECIDE);
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let mut batch = Vec::with_capacity(BATCH_MAX);
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        if queue.recv_many(&mut batch, BATCH_MAX).await == 0 {
-            return;
-        }
-        let (redis, keys) = (redis.clone(), keys.clone());
-        let sha: Value = script.sha1().clone().into();
-        let taken = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX));
-        tokio::spawn(async move {
-            run_batch(&redis, &keys, sha, taken).await;
-            drop(slot);
-        });
-    }
-}
-
+/// Decides one batch in one script call and answers each caller.
 async fn run_batch(redis: &Redis, keys: &Keys, sha: Value, batch: Vec<Pending>) {
     match eval(redis, || batch_args(keys, &sha, &batch)).await {
         Ok(reply) if reply.len() == batch.len() * 4 => {
