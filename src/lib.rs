@@ -89,6 +89,7 @@ impl App {
             )),
             passwords: Passwords::new(config.password_hashing, config.password_hash_concurrency)?,
             config: Arc::new(config),
+            claim_reads: claims::store::ClaimReads::new(db.clone()),
             db,
             lifecycle: Arc::new(Lifecycle::default()),
             process: Arc::new(ProcessStats::new()),

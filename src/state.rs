@@ -63,6 +63,8 @@ pub struct Services {
     pub limiter: Arc<crate::ratelimit::Limiter>,
     /// Two-layer read cache (memory + Redis) with cross-instance invalidation.
     pub cache: Cache,
+    /// Uncached public claim reads, batched on PostgreSQL.
+    pub claim_reads: crate::claims::store::ClaimReads,
     /// Background jobs: the registry, "run now", history and the dashboard snapshot.
     pub jobs: Arc<Scheduler>,
     /// The AI provider client with its queue, single flight, cache and circuit breaker

@@ -259,7 +259,9 @@ struct PublicClaim {
 /// Loads a claim for the public cache; anything not resolved is "not found" here and never
 /// cached.
 async fn load_public(state: &AppState, id: Uuid) -> ApiResult<PublicClaim> {
-    let (claim, verdicts) = store::get_with_verdicts_primary(&state.db, id)
+    let (claim, verdicts) = state
+        .claim_reads
+        .get(id)
         .await?
         .filter(|(c, _)| c.status == ClaimStatus::Resolved)
         .ok_or_else(|| ApiError::not_found("claim"))?;

@@ -1,11 +1,21 @@
 //! SQL for claims and verdicts. Identical text on both backends except full-text search.
 
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
 use chrono::{DateTime, Utc};
 use sqlx::types::Json as SqlJson;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{Category, Claim, ClaimStatus, Label, Source, Verdict, VerdictKind, text_hash};
 use crate::{
+    batch::Batcher,
     db::{Backend, Db},
     db_read, db_write, notifications,
     pagination::Cursor,
@@ -78,33 +88,168 @@ pub async fn get_primary(db: &Db, id: Uuid) -> Result<Option<Claim>, sqlx::Error
     })
 }
 
+/// A claim and its verdicts, as the uncached public read returns them.
+pub type ClaimWithVerdicts = (Claim, Vec<Verdict>);
+
+/// The claims matching `$filter` (on `id`) joined with their verdicts: one row per verdict, or
+/// one row with no verdict columns.
+macro_rules! with_verdicts_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT c.*, v.kind AS v_kind, v.label AS v_label, v.explanation AS v_explanation, \
+             v.sources AS v_sources, v.confidence AS v_confidence, v.created_at AS v_created_at, \
+             v.updated_at AS v_updated_at FROM (SELECT ",
+            claim_columns!(),
+            " FROM claims WHERE ",
+            $filter,
+            ") c LEFT JOIN verdicts v ON v.claim_id = c.id"
+        )
+    };
+}
+
 /// A claim and its verdicts from the primary, in one query on one connection: the uncached
-/// public read. One row per verdict, or one row with no verdict columns.
+/// public read of one claim.
 pub async fn get_with_verdicts_primary(
     db: &Db,
     id: Uuid,
-) -> Result<Option<(Claim, Vec<Verdict>)>, sqlx::Error> {
-    const SQL: &str = concat!(
-        "SELECT c.*, v.kind AS v_kind, v.label AS v_label, v.explanation AS v_explanation, \
-         v.sources AS v_sources, v.confidence AS v_confidence, v.created_at AS v_created_at, \
-         v.updated_at AS v_updated_at FROM (SELECT ",
-        claim_columns!(),
-        " FROM claims WHERE id = $1) c LEFT JOIN verdicts v ON v.claim_id = c.id"
-    );
+) -> Result<Option<ClaimWithVerdicts>, sqlx::Error> {
+    const SQL: &str = with_verdicts_sql!("id = $1");
     let rows = db_write!(db, "claims.with_verdicts_primary", SQL, |pool| {
         sqlx::query_as::<_, ClaimVerdictRow>(SQL)
             .bind(id)
             .fetch_all(pool)
             .await
     })?;
-    let mut claim = None;
-    let mut verdicts = Vec::new();
+    Ok(group_by_claim(rows)?.remove(&id))
+}
+
+/// Several claims and their verdicts from the primary in one query (PostgreSQL: `= ANY`); on
+/// SQLite, where a query costs no round trip, one query per id.
+pub async fn get_many_with_verdicts_primary(
+    db: &Db,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, ClaimWithVerdicts>, sqlx::Error> {
+    const SQL: &str = with_verdicts_sql!("id = ANY($1)");
+    let Backend::Postgres(pg) = db.backend() else {
+        let mut found = HashMap::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(claim) = get_with_verdicts_primary(db, id).await? {
+                found.insert(id, claim);
+            }
+        }
+        return Ok(found);
+    };
+    let started = std::time::Instant::now();
+    let rows = sqlx::query_as::<_, ClaimVerdictRow>(SQL)
+        .bind(ids)
+        .fetch_all(&pg.primary)
+        .await;
+    db.observe("claims.with_verdicts_batch", SQL, started.elapsed());
+    group_by_claim(rows?)
+}
+
+fn group_by_claim(
+    rows: Vec<ClaimVerdictRow>,
+) -> Result<HashMap<Uuid, ClaimWithVerdicts>, sqlx::Error> {
+    let mut found: HashMap<Uuid, ClaimWithVerdicts> = HashMap::new();
     for row in rows {
-        let (c, v) = row.into_parts()?;
-        verdicts.extend(v);
-        claim.get_or_insert(c);
+        let (claim, verdict) = row.into_parts()?;
+        let entry = found.entry(claim.id).or_insert_with(|| (claim, Vec::new()));
+        entry.1.extend(verdict);
     }
-    Ok(claim.map(|c| (c, verdicts)))
+    Ok(found)
+}
+
+/// At most this many ids go in one batched claim read.
+pub const READ_BATCH_MAX: usize = 64;
+/// Batched claim reads running at once; while all are out, new reads queue for the next batch.
+pub const READ_BATCHES_IN_FLIGHT: usize = 4;
+
+type Found = Result<Option<ClaimWithVerdicts>, sqlx::Error>;
+
+struct Lookup {
+    id: Uuid,
+    reply: oneshot::Sender<Found>,
+}
+
+/// The uncached public claim read (a cache miss on a claim's detail). On PostgreSQL,
+/// concurrent reads are batched: ids queued while earlier batches are out go to the primary in
+/// one query, so a burst of misses costs one round trip, one connection checkout and one
+/// release ping per batch instead of per request. An idle service sends batches of one (the
+/// single-claim query) and waits for nothing. On SQLite every read is its own query.
+pub struct ClaimReads {
+    db: Db,
+    batcher: OnceLock<Batcher<Lookup>>,
+    batches: Arc<AtomicU64>,
+}
+
+impl ClaimReads {
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            batcher: OnceLock::new(),
+            batches: Arc::default(),
+        }
+    }
+
+    /// The claim `id` and its verdicts, `None` when there is no such claim.
+    pub async fn get(&self, id: Uuid) -> Found {
+        if !matches!(self.db.backend(), Backend::Postgres(_)) {
+            return get_with_verdicts_primary(&self.db, id).await;
+        }
+        let batcher = self.batcher.get_or_init(|| {
+            let (db, batches) = (self.db.clone(), self.batches.clone());
+            Batcher::start(READ_BATCH_MAX, READ_BATCHES_IN_FLIGHT, move |batch| {
+                batches.fetch_add(1, Ordering::Relaxed);
+                let db = db.clone();
+                async move { answer(&db, batch).await }
+            })
+        });
+        let (reply, answer) = oneshot::channel();
+        // The batcher is gone only while the runtime shuts down: read directly then.
+        if batcher.send(Lookup { id, reply }).is_err() {
+            return get_with_verdicts_primary(&self.db, id).await;
+        }
+        match answer.await {
+            Ok(found) => found,
+            Err(_) => get_with_verdicts_primary(&self.db, id).await,
+        }
+    }
+
+    /// Batches sent so far (tests check that concurrent reads share them).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads one batch and answers each caller. If the batched query fails, each id is read on its
+/// own, so every caller gets its own answer or its own error (a database that is down gives
+/// each a 503, as an unbatched read would).
+async fn answer(db: &Db, batch: Vec<Lookup>) {
+    if let [one] = &batch[..] {
+        let found = get_with_verdicts_primary(db, one.id).await;
+        if let Some(Lookup { reply, .. }) = batch.into_iter().next() {
+            let _ = reply.send(found);
+        }
+        return;
+    }
+    let ids: Vec<Uuid> = batch.iter().map(|l| l.id).collect();
+    match get_many_with_verdicts_primary(db, &ids).await {
+        Ok(found) => {
+            for Lookup { id, reply } in batch {
+                let _ = reply.send(Ok(found.get(&id).cloned()));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, size = ids.len(), "batched claim read failed; reading each claim on its own");
+            for Lookup { id, reply } in batch {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(get_with_verdicts_primary(&db, id).await);
+                });
+            }
+        }
+    }
 }
 
 /// A row of [`get_with_verdicts_primary`]: the claim, and one verdict's columns (all `NULL`

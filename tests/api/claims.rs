@@ -6,7 +6,7 @@ use chrono::Utc;
 use hakikisha::claims::{Label, VerdictKind, store, trending};
 use serde_json::json;
 
-use crate::backend_tests;
+use crate::{backend_tests, helpers::Backend};
 
 backend_tests! {
     async fn a_claim_goes_from_submission_to_a_public_verdict_and_the_submitter_is_told(app) {
@@ -144,6 +144,39 @@ backend_tests! {
         let (claim, verdicts) = store::get_with_verdicts_primary(&app.db, bare.parse().unwrap()).await.unwrap().unwrap();
         assert_eq!(claim.id.to_string(), bare);
         assert!(verdicts.is_empty());
+
+        // Concurrent uncached reads return what the one-claim read returns; on PostgreSQL they
+        // share batched queries (`= ANY`), on SQLite each is its own query.
+        let bare_id: uuid::Uuid = bare.parse().unwrap();
+        let unknown = uuid::Uuid::new_v4();
+        let before = app.state.claim_reads.batches();
+        let mut reads = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let id = [claim_id, bare_id, unknown][i % 3];
+            let state = app.state.clone();
+            reads.spawn(async move { (id, state.claim_reads.get(id).await.unwrap()) });
+        }
+        let mut answered = 0;
+        while let Some(read) = reads.join_next().await {
+            let (id, found) = read.unwrap();
+            match found {
+                Some((claim, verdicts)) => {
+                    assert_eq!(claim.id, id);
+                    let expected = if id == claim_id { 2 } else { 0 };
+                    assert_ne!(id, unknown);
+                    assert_eq!(verdicts.len(), expected, "verdicts of {id}");
+                    assert!(verdicts.iter().all(|v| v.claim_id == id));
+                }
+                None => assert_eq!(id, unknown),
+            }
+            answered += 1;
+        }
+        assert_eq!(answered, 30);
+        let batches = app.state.claim_reads.batches() - before;
+        match app.backend {
+            Backend::Postgres => assert!((1..30).contains(&batches), "30 reads in {batches} batches"),
+            Backend::Sqlite => assert_eq!(batches, 0),
+        }
     }
 
     async fn a_text_submitted_again_ranks_higher_in_the_review_queue(app) {
