@@ -179,6 +179,21 @@ backend_tests! {
         }
     }
 
+    async fn concurrent_claim_reads_each_get_an_error_when_the_database_is_gone(app) {
+        // A failed batch leaves no caller waiting: each read answers with its own error.
+        app.db.close().await;
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let state = app.state.clone();
+            reads.spawn(async move { state.claim_reads.get(uuid::Uuid::new_v4()).await });
+        }
+        let answers = tokio::time::timeout(std::time::Duration::from_secs(10), reads.join_all())
+            .await
+            .expect("every read is answered");
+        assert_eq!(answers.len(), 10);
+        assert!(answers.iter().all(|a| matches!(a, Err(sqlx::Error::PoolClosed))), "{answers:?}");
+    }
+
     async fn a_text_submitted_again_ranks_higher_in_the_review_queue(app) {
         let (_, first) = app.user_with_role("first", "user").await;
         let (_, second) = app.user_with_role("second", "user").await;
