@@ -19,8 +19,6 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Create an admin account. The password is read from stdin with --password-stdin,
-    /// else from ADMIN_PASSWORD.
     /// Fill the database with realistic demo data (users, claims, verdicts, articles).
     DemoData(hakikisha::demo::DemoOptions),
     /// Run one background job now, in the foreground, and record it like any run (exit code 1
@@ -29,6 +27,8 @@ enum Command {
         /// Job name, e.g. daily_report (see `GET /api/v1/admin/jobs` or docs/jobs.md).
         name: String,
     },
+    /// Create an admin account. The password is read from stdin with --password-stdin,
+    /// else from ADMIN_PASSWORD.
     CreateAdmin {
         #[arg(long)]
         email: String,
