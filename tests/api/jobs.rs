@@ -664,8 +664,12 @@ backend_tests! {
         app.get("/api/v1/claims/trending", None).await.assert(200);
         let run = app.state.jobs.run_job(&app.state, "cache_cleanup", Utc::now(), Trigger::Manual).await.unwrap();
         assert_eq!(run.status, "ok", "{:?}", run.error);
-        assert_eq!(run.items as u64, app.state.cache.snapshot().entries);
         assert!(run.items >= 1, "the trending list is cached");
+        // The job reports the entries left once moka's pending work has run. Entries can only
+        // leave afterwards (an expiry or an invalidation still in flight), never appear: this
+        // test reads nothing more.
+        let entries = app.state.cache.snapshot().entries;
+        assert!(entries <= run.items as u64, "{entries} entries after a run that counted {}", run.items);
     }
 
     async fn job_runs_are_listed_newest_first_with_a_cursor(app) {
