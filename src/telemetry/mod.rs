@@ -2,6 +2,7 @@
 
 pub mod history;
 pub mod logbuf;
+pub mod logfmt;
 
 use std::{
     io::IsTerminal,
@@ -33,26 +34,18 @@ pub fn init_tracing(format: LogFormat) -> Option<LogGuard> {
     let ansi = std::io::stdout().is_terminal();
     let sink = LogSink::default();
     let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(sink.clone()),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .compact()
-                    .with_ansi(ansi)
-                    .with_writer(sink.clone()),
-            )
-            .try_init(),
+    let event_format = match format {
+        LogFormat::Json => logfmt::LineFormat::json(),
+        LogFormat::Text => logfmt::LineFormat::text(),
     };
+    let result = registry
+        .with(
+            fmt::layer()
+                .event_format(event_format)
+                .with_ansi(ansi && format == LogFormat::Text)
+                .with_writer(sink.clone()),
+        )
+        .try_init();
     result.ok().map(|()| sink.start_flusher())
 }
 
