@@ -1,64 +1,423 @@
-//! Cross-cutting request handling in one layer: metrics and the one log line per request,
-//! problem+json for every error body the framework produces, and security headers.
+//! The edge of every request: one hand-written tower layer ([`Edge`]) that does what eight
+//! layers did before, in one future per request.
+//!
+//! In order: a request id (the client's, or a new UUID v4), credentials marked sensitive, the
+//! body limit (a declared length over it is a 413 at once; extractors cut undeclared bodies at
+//! it), the rate limiter, the handler (a panic becomes a problem+json 500), the request timeout
+//! (503), compression when the client asks for it; then problem+json for every error body the
+//! framework produces, the security headers, the request metrics and one log line.
+//!
+//! Why one layer: with tower-http's layers and `from_fn`, every request cloned the whole stack,
+//! boxed a future per `from_fn`, wrapped the body once per layer and armed a timer it almost
+//! never needed. Measured with callgrind on `GET /api/health`, the stack cost more than twice
+//! the instructions of the server under it (`docs/performance.md`).
 
 use std::{
-    collections::HashMap,
-    sync::{LazyLock, RwLock},
-    time::Instant,
+    cell::RefCell,
+    convert::Infallible,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::{Arc, LazyLock},
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use axum::{
     body::Body,
-    extract::{MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
+use pin_project_lite::pin_project;
+use tower::{Layer, Service, ServiceExt};
+use tower_http::compression::Compression;
 
-use crate::error::{ApiError, PROBLEM_JSON, Problem, problem_response};
+use crate::{
+    error::{ApiError, PROBLEM_JSON, Problem, problem_response},
+    ratelimit::{Admission, Gate},
+};
 
-/// The counter and histogram of one (route, method, status), resolved once: building the
-/// label set and looking it up in the registry on every request cost more than the handler of
-/// a cached read.
+/// The layer; see the module documentation.
 #[derive(Clone)]
+pub struct Edge {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    timeout: Duration,
+    body_limit: usize,
+    /// `None` in tests of the stack alone.
+    gate: Option<Gate>,
+}
+
+impl Edge {
+    pub fn new(timeout: Duration, body_limit: usize, gate: Option<Gate>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                timeout,
+                body_limit,
+                gate,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for Edge {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Service<Request> for EdgeService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The service that was polled ready answers; a clone stays for the next call.
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let shared = self.shared.clone();
+        Box::pin(async move { Ok(observe(&shared, inner, req).await) })
+    }
+}
+
+/// Counts a request in flight until dropped: a request whose client went away mid-way is not
+/// left counted forever.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        IN_FLIGHT.increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.decrement(1.0);
+    }
+}
+
+/// Request id, metrics, log line and response headers around [`respond`].
+async fn observe<S>(shared: &Shared, inner: S, mut req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send,
+    S::Future: Send,
+{
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    hide_credentials(req.headers_mut());
+    let request_id = request_id(&req);
+    let in_flight = InFlight::start();
+    let mut response = problemize(respond(shared, inner, req, started).await);
+    drop(in_flight);
+    let headers = response.headers_mut();
+    add_security_headers(headers);
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id.clone());
+    }
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    record(route, method, status, elapsed);
+    crate::telemetry::history::HTTP.record(status, elapsed);
+    let request_id = request_id.to_str().unwrap_or_default();
+    // Whole microseconds: a short number to print ("1.471", not "1.4710210000000001").
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+    if status >= 500 {
+        tracing::warn!(request_id, method, route, status, latency_ms, "request");
+    } else {
+        tracing::info!(request_id, method, route, status, latency_ms, "request");
+    }
+    response
+}
+
+/// Body limit, rate limit, the handler, the timeout and compression: the response to send.
+async fn respond<S>(shared: &Shared, inner: S, mut req: Request, started: Instant) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send,
+    S::Future: Send,
+{
+    if declared_length(&req).is_some_and(|n| n > shared.body_limit as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    // Extractors cut undeclared (chunked) bodies at the limit; a request without a body has
+    // nothing to cut, and most requests have none.
+    if req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        DefaultBodyLimit::max(shared.body_limit).apply(&mut req);
+    }
+    let compress = req.headers().contains_key(header::ACCEPT_ENCODING);
+    let plan = shared.gate.as_ref().and_then(|gate| gate.plan(&req));
+    let work = async {
+        let counted = match (&shared.gate, plan) {
+            (Some(gate), Some(plan)) => match gate.admit(plan).await {
+                Admission::Refused(response) => return response,
+                Admission::Admitted(counted) => Some(counted),
+            },
+            _ => None,
+        };
+        let mut response = if compress {
+            // tower-http negotiates the encoding (and answers 406 when none is acceptable).
+            match Compression::new(inner).oneshot(req).await {
+                Ok(response) => response.map(Body::new),
+                Err(never) => match never {},
+            }
+        } else {
+            let mut response = match inner.oneshot(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            vary_if_compressible(&mut response);
+            response
+        };
+        if let (Some(gate), Some(counted)) = (&shared.gate, &counted) {
+            gate.stamp(counted, response.headers_mut());
+        }
+        response
+    };
+    let deadline = tokio::time::Instant::from_std(started) + shared.timeout;
+    Deadline::new(CatchPanic::new(work), deadline)
+        .await
+        .unwrap_or_else(|| ApiError::Timeout.into_response())
+}
+
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// What tower-http's compression adds to a response it would have compressed had the client
+/// asked: `Vary: accept-encoding`, so a shared cache does not hand this identity body to a
+/// client that would take it compressed, or the reverse. The conditions are tower-http's
+/// (`DefaultPredicate` and its own checks), written out so they cost no allocation; a test
+/// holds them to tower-http's.
+fn vary_if_compressible(response: &mut Response) {
+    if compressible(response) && !varies_on_encoding(response.headers()) {
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
+
+fn compressible(response: &Response) -> bool {
+    use axum::body::HttpBody;
+    let headers = response.headers();
+    if headers.contains_key(header::CONTENT_ENCODING) || headers.contains_key(header::CONTENT_RANGE)
+    {
+        return false;
+    }
+    // Bodies of unknown size count as large, as tower-http's `SizeAbove` counts them.
+    let size = response.body().size_hint().exact().or_else(|| {
+        headers
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    });
+    if size.is_some_and(|n| n < 32) {
+        return false;
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    !(content_type.starts_with("application/grpc")
+        || (content_type.starts_with("image/") && !content_type.starts_with("image/svg+xml"))
+        || content_type.starts_with("text/event-stream"))
+}
+
+fn varies_on_encoding(headers: &HeaderMap) -> bool {
+    headers.get_all(header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .windows(b"accept-encoding".len())
+            .any(|w| w.eq_ignore_ascii_case(b"accept-encoding"))
+    })
+}
+
+/// `Authorization` and `Cookie` values are marked sensitive, so no `Debug` output shows them.
+fn hide_credentials(headers: &mut HeaderMap) {
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        if let header::Entry::Occupied(mut entry) = headers.entry(name) {
+            for value in entry.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// `work` within the request timeout: `None` when the deadline passes first. The timer is
+    /// armed only when `work` has to wait: most answers (health, cached reads) are ready on
+    /// their first poll and never touch the timer wheel.
+    struct Deadline<F> {
+        #[pin]
+        work: F,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        deadline: tokio::time::Instant,
+    }
+}
+
+impl<F> Deadline<F> {
+    fn new(work: F, deadline: tokio::time::Instant) -> Self {
+        Self {
+            work,
+            timer: None,
+            deadline,
+        }
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.work.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if this.timer.is_none() {
+            this.timer
+                .set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+pin_project! {
+    /// A panic while polling `work` becomes a problem+json 500 (logged), so the request still
+    /// gets its id, metrics and log line, and the connection stays up.
+    struct CatchPanic<F> {
+        #[pin]
+        work: F,
+    }
+}
+
+impl<F> CatchPanic<F> {
+    fn new(work: F) -> Self {
+        Self { work }
+    }
+}
+
+impl<F: Future<Output = Response>> Future for CatchPanic<F> {
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let work = self.project().work;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| work.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("handler panicked");
+                Poll::Ready(ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response())
+            }
+        }
+    }
+}
+
+/// The counter and histogram of one (route, method, status), resolved once per thread:
+/// building the label set and looking it up in the registry on every request cost more than
+/// the handler of a cached read, and a shared map behind a lock made both worker threads write
+/// the same cache line on every request.
 struct RouteMetrics {
     requests: metrics::Counter,
     duration: metrics::Histogram,
 }
 
-type HandleCache = HashMap<Box<str>, Vec<((&'static str, u16), RouteMetrics)>>;
+#[derive(Hash, PartialEq, Eq)]
+struct Series {
+    route: Box<str>,
+    method: &'static str,
+    status: u16,
+}
 
-static HANDLES: LazyLock<RwLock<HandleCache>> = LazyLock::new(Default::default);
+/// A borrowed [`Series`], to look one up without allocating (same fields, same hash).
+#[derive(Hash)]
+struct SeriesRef<'a> {
+    route: &'a str,
+    method: &'static str,
+    status: u16,
+}
+
+impl hashbrown::Equivalent<Series> for SeriesRef<'_> {
+    fn equivalent(&self, key: &Series) -> bool {
+        self.status == key.status && self.method == key.method && self.route == &*key.route
+    }
+}
+
+thread_local! {
+    /// Route templates are a fixed set, so these maps stay as small as the metric registry.
+    static SERIES: RefCell<hashbrown::HashMap<Series, RouteMetrics>> = RefCell::default();
+}
 
 static IN_FLIGHT: LazyLock<metrics::Gauge> =
     LazyLock::new(|| metrics::gauge!("hakikisha_http_requests_in_flight"));
 
-fn route_metrics(route: &str, method: &'static str, status: u16) -> RouteMetrics {
-    let key = (method, status);
-    let find = |cache: &HandleCache| {
-        cache
-            .get(route)
-            .and_then(|v| v.iter().find(|(k, _)| *k == key).map(|(_, m)| m.clone()))
+/// Counts one request and its latency under (route template, method, status).
+fn record(route: &str, method: &'static str, status: u16, elapsed: Duration) {
+    let key = SeriesRef {
+        route,
+        method,
+        status,
     };
-    if let Some(found) = HANDLES.read().ok().as_deref().and_then(find) {
-        return found;
-    }
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route.to_owned()),
-        ("status", status.to_string()),
-    ];
-    let made = RouteMetrics {
-        requests: metrics::counter!("hakikisha_http_requests_total", &labels),
-        duration: metrics::histogram!("hakikisha_http_request_duration_seconds", &labels),
-    };
-    if let Ok(mut cache) = HANDLES.write() {
-        let per_route = cache.entry(route.into()).or_default();
-        if !per_route.iter().any(|(k, _)| *k == key) {
-            per_route.push((key, made.clone()));
-        }
-    }
-    made
+    SERIES.with_borrow_mut(|series| {
+        let handles = match series.get(&key) {
+            Some(handles) => handles,
+            None => {
+                let labels = [
+                    ("method", method.to_owned()),
+                    ("route", route.to_owned()),
+                    ("status", status.to_string()),
+                ];
+                let handles = RouteMetrics {
+                    requests: metrics::counter!("hakikisha_http_requests_total", &labels),
+                    duration: metrics::histogram!(
+                        "hakikisha_http_request_duration_seconds",
+                        &labels
+                    ),
+                };
+                let series_key = Series {
+                    route: route.into(),
+                    method,
+                    status,
+                };
+                series.entry(series_key).or_insert(handles)
+            }
+        };
+        handles.requests.increment(1);
+        handles.duration.record(elapsed.as_secs_f64());
+    });
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -77,9 +436,8 @@ fn method_label(method: &Method) -> &'static str {
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id: the client's `X-Request-Id` when it sent a usable one (a load balancer's,
-/// so logs correlate across hops), else a new UUID v4. Set on the request for handlers and
-/// echoed on the response.
-fn request_id(req: &mut Request) -> HeaderValue {
+/// so logs correlate across hops), else a new UUID v4. Echoed on the response and logged.
+fn request_id(req: &Request) -> HeaderValue {
     if let Some(id) = req.headers().get(X_REQUEST_ID)
         && !id.is_empty()
         && id.len() <= 200
@@ -88,45 +446,8 @@ fn request_id(req: &mut Request) -> HeaderValue {
         return id.clone();
     }
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-    req.headers_mut().insert(X_REQUEST_ID, id.clone());
-    id
-}
-
-/// RED metrics by route template (never the raw path), one structured log line per request,
-/// security headers on every response, and problem+json for every error body the framework
-/// produces. One layer instead of three: each `from_fn` layer boxes a future per request.
-pub async fn observe(mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let request_id = request_id(&mut req);
-    let in_flight = &*IN_FLIGHT;
-    in_flight.increment(1.0);
-    let mut response = problemize(next.run(req).await);
-    in_flight.decrement(1.0);
-    let headers = response.headers_mut();
-    add_security_headers(headers);
-    if !headers.contains_key(X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID, request_id.clone());
-    }
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let handles = route_metrics(route, method, status);
-    handles.requests.increment(1);
-    handles.duration.record(elapsed.as_secs_f64());
-    crate::telemetry::history::HTTP.record(status, elapsed);
-    let request_id = request_id.to_str().unwrap_or_default();
-    // Whole microseconds: a short number to print ("1.471", not "1.4710210000000001").
-    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-    if status >= 500 {
-        tracing::warn!(%request_id, %method, %route, status, latency_ms, "request");
-    } else {
-        tracing::info!(%request_id, %method, %route, status, latency_ms, "request");
-    }
-    response
+    HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Turns any error response that is not already problem+json (405 from the router, 413 from
@@ -239,11 +560,33 @@ const SECURITY_HEADERS: [(HeaderName, HeaderValue); 12] = [
     ),
 ];
 
+/// The security headers as one map, cloned per response: cheaper than inserting twelve
+/// headers (each hashed, some growing the map) into every response.
+static SECURITY: LazyLock<HeaderMap> = LazyLock::new(|| {
+    let mut headers = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 8);
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, value);
+    }
+    headers
+});
+
 /// Sets the security headers a handler has not set itself (public for the bench baseline).
 pub fn add_security_headers(headers: &mut HeaderMap) {
-    headers.reserve(SECURITY_HEADERS.len());
-    for (name, value) in SECURITY_HEADERS {
-        headers.entry(name).or_insert(value);
+    let own = std::mem::replace(headers, SECURITY.clone());
+    // The handler's headers win over the defaults; a repeated name keeps all its values.
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in own {
+        match name {
+            Some(name) => {
+                headers.insert(name.clone(), value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
     }
 }
 
@@ -252,34 +595,106 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_handler_s_own_headers_win_over_the_security_defaults() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'"),
+        );
+        headers.append(header::VARY, HeaderValue::from_static("authorization"));
+        headers.append(header::VARY, HeaderValue::from_static("cookie"));
+        add_security_headers(&mut headers);
+        assert_eq!(headers[header::CONTENT_TYPE], "text/html");
+        assert_eq!(
+            headers[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'"
+        );
+        assert_eq!(
+            headers
+                .get_all(header::CONTENT_SECURITY_POLICY)
+                .iter()
+                .count(),
+            1
+        );
+        let vary: Vec<_> = headers.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["authorization", "cookie"]);
+        for (name, value) in SECURITY_HEADERS.iter().skip(1) {
+            assert_eq!(headers.get(name), Some(value), "{name}");
+        }
+        assert_eq!(headers.len(), SECURITY_HEADERS.len() + 3);
+    }
+
+    #[test]
+    fn vary_is_added_exactly_where_tower_http_would_compress() {
+        use tower_http::compression::predicate::{DefaultPredicate, Predicate};
+        type Case = (&'static str, usize, &'static [(&'static str, &'static str)]);
+        let cases: &[Case] = &[
+            ("application/json", 100, &[]),
+            ("application/json", 31, &[]),
+            ("application/json", 32, &[]),
+            ("image/png", 5000, &[]),
+            ("image/svg+xml", 5000, &[]),
+            ("text/event-stream", 5000, &[]),
+            ("application/grpc", 5000, &[]),
+            ("text/html", 5000, &[("content-encoding", "gzip")]),
+            ("text/html", 5000, &[("content-range", "bytes 0-10/20")]),
+            ("text/html", 5000, &[("vary", "Accept-Encoding")]),
+            ("text/html", 5000, &[("vary", "authorization")]),
+        ];
+        for (content_type, size, extra) in cases {
+            let mut response = Response::new(Body::from(vec![b'x'; *size]));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            for (name, value) in *extra {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            let tower_http_would = !response.headers().contains_key(header::CONTENT_ENCODING)
+                && !response.headers().contains_key(header::CONTENT_RANGE)
+                && DefaultPredicate::new().should_compress(&response);
+            let had_it = varies_on_encoding(response.headers());
+            vary_if_compressible(&mut response);
+            let vary: Vec<_> = response.headers().get_all(header::VARY).iter().collect();
+            let added = vary.iter().filter(|v| **v == "accept-encoding").count();
+            let case = format!("{content_type} {size} {extra:?}");
+            assert_eq!(added, usize::from(tower_http_would && !had_it), "{case}");
+            assert!(
+                !tower_http_would || varies_on_encoding(response.headers()),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
     fn metric_handles_are_kept_per_route_method_and_status() {
         let registry = crate::telemetry::metrics_handle().expect("recorder");
+        let ms = Duration::from_millis(1);
         for (method, status) in [("GET", 200), ("GET", 200), ("GET", 404), ("POST", 200)] {
-            route_metrics("/test/handles", method, status)
-                .requests
-                .increment(1);
+            record("/test/handles", method, status, ms);
         }
         let text = registry.render();
         for series in [
             r#"hakikisha_http_requests_total{method="GET",route="/test/handles",status="200"} 2"#,
             r#"hakikisha_http_requests_total{method="GET",route="/test/handles",status="404"} 1"#,
             r#"hakikisha_http_requests_total{method="POST",route="/test/handles",status="200"} 1"#,
+            r#"hakikisha_http_request_duration_seconds_count{method="GET",route="/test/handles",status="200"} 2"#,
         ] {
             assert!(text.contains(series), "{series} missing from {text}");
         }
         // The counts above would be the same without the cache: check the handles are kept,
         // one per (method, status), and that a repeat finds them instead of adding another.
-        let kept = |route: &str| {
-            HANDLES.read().unwrap()[route]
-                .iter()
-                .map(|(k, _)| *k)
-                .collect::<Vec<_>>()
+        let kept = || {
+            let mut kept: Vec<_> = SERIES.with_borrow(|s| {
+                s.keys()
+                    .filter(|k| &*k.route == "/test/handles")
+                    .map(|k| (k.method, k.status))
+                    .collect()
+            });
+            kept.sort();
+            kept
         };
-        assert_eq!(
-            kept("/test/handles"),
-            [("GET", 200), ("GET", 404), ("POST", 200)]
-        );
-        route_metrics("/test/handles", "GET", 200);
-        assert_eq!(kept("/test/handles").len(), 3);
+        assert_eq!(kept(), [("GET", 200), ("GET", 404), ("POST", 200)]);
+        record("/test/handles", "GET", 200, ms);
+        assert_eq!(kept().len(), 3);
     }
 }

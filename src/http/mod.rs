@@ -10,20 +10,10 @@ use std::time::Duration;
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    http::{HeaderName, HeaderValue, Method, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::{HeaderName, HeaderValue, Method, header},
     routing::get,
 };
-use tower::ServiceBuilder;
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    compression::CompressionLayer,
-    cors::{AllowOrigin, CorsLayer},
-    limit::RequestBodyLimitLayer,
-    sensitive_headers::SetSensitiveRequestHeadersLayer,
-    timeout::TimeoutLayer,
-};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -175,39 +165,29 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::dashboard::router())
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        // Innermost: after routing (so it sees every route, the fallback included) and inside
-        // the metrics layer, which counts its 429s.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::ratelimit::middleware,
-        ));
-    with_middleware(routes, &config).with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    let gate = crate::ratelimit::Gate::new(&state);
+    with_middleware(routes, &config, Some(gate)).with_state(state)
 }
 
-/// The middleware stack, outermost first. Applied per route (after routing) so that
-/// `MatchedPath` is known to the metrics layer.
+/// The middleware: [`middleware::Edge`] (request id, body limit, rate limit, panics, timeout,
+/// compression, problem+json, security headers, metrics, the log line) and CORS when
+/// configured. Applied per route (after routing) so that `MatchedPath` is known to the metrics;
+/// the fallback gets it too, so unknown paths are counted, limited and logged as well.
 pub fn with_middleware<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     config: &Config,
+    gate: Option<crate::ratelimit::Gate>,
 ) -> Router<S> {
-    router.layer(
-        ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::new([
-                header::AUTHORIZATION,
-                header::COOKIE,
-            ]))
-            .layer(axum::middleware::from_fn(middleware::observe))
-            .option_layer(cors(config))
-            .layer(CompressionLayer::new())
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                config.request_timeout,
-            ))
-            .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
-            .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-            .layer(CatchPanicLayer::custom(panic_response)),
-    )
+    let router = match cors(config) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(middleware::Edge::new(
+        config.request_timeout,
+        config.body_limit_bytes,
+        gate,
+    ))
 }
 
 async fn not_found() -> ApiError {
@@ -216,11 +196,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("handler panicked");
-    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
 fn cors(config: &Config) -> Option<CorsLayer> {
@@ -264,7 +239,7 @@ fn cors(config: &Config) -> Option<CorsLayer> {
 
 #[cfg(test)]
 mod tests {
-    use axum::body::Body;
+    use axum::{body::Body, http::StatusCode, response::Response};
     use tower::ServiceExt;
 
     use super::*;
@@ -287,7 +262,7 @@ mod tests {
                 "late"
             }),
         );
-        with_middleware(routes, &config)
+        with_middleware(routes, &config, None)
     }
 
     async fn call(req: axum::http::Request<Body>) -> Response {

@@ -21,9 +21,8 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Request},
     http::{HeaderMap, HeaderName, HeaderValue, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -181,6 +180,10 @@ pub struct Limiter {
     trusted_proxies: Vec<IpNet>,
     fallback: AtomicBool,
     counts: [[AtomicU64; 3]; 5],
+    /// `hakikisha_ratelimit_decisions_total` per tier and outcome, resolved once.
+    decided: [[metrics::Counter; 3]; 5],
+    /// `RateLimit-Policy` for each set of tiers, by [`tiers::Tiers::mask`].
+    policies: Vec<Option<HeaderValue>>,
 }
 
 impl Limiter {
@@ -201,15 +204,26 @@ impl Limiter {
         for tier in TierId::ALL {
             metrics::gauge!("hakikisha_ratelimit_blocked_clients", "tier" => tier.name()).set(0.0);
         }
+        let rules = [
+            rule(rl.general),
+            rule(rl.auth),
+            rule(rl.ai),
+            rule(rl.key_creation),
+            rule(rl.heavy),
+        ];
         Self {
             enabled: rl.enabled,
-            rules: [
-                rule(rl.general),
-                rule(rl.auth),
-                rule(rl.ai),
-                rule(rl.key_creation),
-                rule(rl.heavy),
-            ],
+            policies: policies(&rules),
+            decided: TierId::ALL.map(|tier| {
+                [Outcome::Allowed, Outcome::Limited, Outcome::Blocked].map(|outcome| {
+                    metrics::counter!(
+                        "hakikisha_ratelimit_decisions_total",
+                        "tier" => tier.name(),
+                        "outcome" => outcome.label()
+                    )
+                })
+            }),
+            rules,
             memory: memory::MemoryStore::new(rl.max_keys),
             redis: redis.map(redis_store::RedisStore::new),
             clock,
@@ -256,12 +270,7 @@ impl Limiter {
     fn record(&self, tier: TierId, decision: Decision) -> Decision {
         let outcome = decision.outcome;
         self.counts[tier.index()][outcome as usize].fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            "hakikisha_ratelimit_decisions_total",
-            "tier" => tier.name(),
-            "outcome" => outcome.label()
-        )
-        .increment(1);
+        self.decided[tier.index()][outcome as usize].increment(1);
         if outcome == Outcome::Limited {
             tracing::info!(
                 tier = tier.name(),
@@ -427,94 +436,181 @@ pub async fn maintenance_loop(limiter: Arc<Limiter>, every: Duration) {
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// The rate-limit middleware (a route layer, so it runs after routing and inside the metrics
-/// layer, which therefore counts the 429s).
-pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let limiter = &state.limiter;
-    if !limiter.enabled() {
-        return next.run(req).await;
-    }
-    let tiers = tiers::classify(req.method(), req.uri().path());
-    if tiers.is_empty() {
-        return next.run(req).await;
-    }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let ip = client_ip::client_ip(peer, req.headers(), limiter.trusted_proxies());
-    let ip_key = ip.map_or_else(|| "ip:unknown".to_owned(), client_ip::ip_key);
-    let user_key = if tiers.iter().any(|t| t.per_user()) {
-        user_key(&state, req.headers())
-    } else {
-        None
-    };
+/// `RateLimit-Policy: "general";q=1000;w=900, "auth";q=10;w=900` for every set of tiers, built
+/// once (draft-ietf-httpapi-ratelimit-headers): it only changes with the configuration.
+fn policies(rules: &[Rule; 5]) -> Vec<Option<HeaderValue>> {
+    (0..1usize << TierId::ALL.len())
+        .map(|mask| {
+            let text = TierId::ALL
+                .iter()
+                .filter(|t| mask & (1 << t.index()) != 0)
+                .map(|t| {
+                    let rule = &rules[t.index()];
+                    format!(
+                        "\"{}\";q={};w={}",
+                        t.name(),
+                        rule.limit,
+                        rule.window_ms / 1000
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            HeaderValue::from_str(&text).ok()
+        })
+        .collect()
+}
 
-    let mut decisions = Vec::with_capacity(tiers.len());
-    for tier in tiers {
-        let key = match (&user_key, tier.per_user()) {
-            (Some(user), true) => user.as_str(),
-            _ => ip_key.as_str(),
-        };
-        decisions.push((tier, limiter.check(tier, key).await));
-    }
-    let refused = decisions
-        .iter()
-        .filter(|(_, d)| d.outcome != Outcome::Allowed)
-        .max_by_key(|(_, d)| d.reset_ms);
-    let mut response = match refused {
-        Some((tier, d)) => ApiError::TooManyRequests {
-            retry_after_secs: d.reset_ms.div_ceil(1000).max(1),
-            detail: format!(
-                "too many requests in the {} tier; retry after the block ends",
-                tier.name()
-            ),
+/// The rate limiter as the request edge uses it (`http::middleware`): the limiter, and the token
+/// keys that tell which user a per-user tier counts.
+#[derive(Clone)]
+pub struct Gate {
+    limiter: Arc<Limiter>,
+    tokens: Arc<crate::accounts::tokens::TokenKeys>,
+}
+
+/// The limiter's answer before a request runs.
+pub enum Admission {
+    /// Counted in every tier that applies and allowed in all; stamp the response with
+    /// [`Gate::stamp`].
+    Admitted(Counted),
+    /// Refused: the 429 to send, headers included.
+    Refused(Response),
+}
+
+/// What [`Gate::plan`] found: the tiers and the client keys to count a request under.
+pub struct Plan {
+    tiers: tiers::Tiers,
+    ip_key: String,
+    user_key: Option<String>,
+}
+
+/// The decisions of the tiers a request was counted in.
+pub struct Counted {
+    tiers: tiers::Tiers,
+    decisions: [Decision; 2],
+}
+
+impl Gate {
+    pub fn new(state: &AppState) -> Self {
+        Self {
+            limiter: state.limiter.clone(),
+            tokens: state.tokens.clone(),
         }
-        .into_response(),
-        None => next.run(req).await,
-    };
-    set_headers(response.headers_mut(), limiter, &decisions);
-    response
+    }
+
+    /// The tiers `req` falls in and the clients it counts as: `None` when it is exempt.
+    /// Synchronous, so the request itself is not held across the decision.
+    pub fn plan(&self, req: &Request) -> Option<Plan> {
+        let limiter = &self.limiter;
+        if !limiter.enabled() {
+            return None;
+        }
+        let tiers = tiers::classify(req.method(), req.uri().path());
+        if tiers.is_empty() {
+            return None;
+        }
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let ip = client_ip::client_ip(peer, req.headers(), limiter.trusted_proxies());
+        let ip_key = ip.map_or_else(|| "ip:unknown".to_owned(), client_ip::ip_key);
+        let user_key = if tiers.iter().any(|t| t.per_user()) {
+            self.user_key(req.headers())
+        } else {
+            None
+        };
+        Some(Plan {
+            tiers,
+            ip_key,
+            user_key,
+        })
+    }
+
+    /// Counts a planned request in each of its tiers (in Redis when it is up, else in process).
+    pub async fn admit(&self, plan: Plan) -> Admission {
+        let limiter = &self.limiter;
+        let Plan {
+            tiers,
+            ip_key,
+            user_key,
+        } = plan;
+        let mut counted = Counted {
+            tiers,
+            decisions: [Decision {
+                outcome: Outcome::Allowed,
+                remaining: 0,
+                reset_ms: 0,
+                offences: 0,
+            }; 2],
+        };
+        for (i, &tier) in tiers.iter().enumerate() {
+            let key = match (&user_key, tier.per_user()) {
+                (Some(user), true) => user.as_str(),
+                _ => ip_key.as_str(),
+            };
+            counted.decisions[i] = limiter.check(tier, key).await;
+        }
+        let refused = counted
+            .decided()
+            .filter(|(_, d)| d.outcome != Outcome::Allowed)
+            .max_by_key(|(_, d)| d.reset_ms);
+        match refused {
+            Some((tier, d)) => {
+                let mut response = ApiError::TooManyRequests {
+                    retry_after_secs: d.reset_ms.div_ceil(1000).max(1),
+                    detail: format!(
+                        "too many requests in the {} tier; retry after the block ends",
+                        tier.name()
+                    ),
+                }
+                .into_response();
+                self.stamp(&counted, response.headers_mut());
+                Admission::Refused(response)
+            }
+            None => Admission::Admitted(counted),
+        }
+    }
+
+    /// `Authorization: Bearer <jwt>` verified without a database hit: `user:<id>`, else `None`.
+    fn user_key(&self, headers: &HeaderMap) -> Option<String> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let claims = self.tokens.verify_access(token.trim())?;
+        Some(format!("user:{}", claims.sub))
+    }
+
+    /// `RateLimit-Policy: "auth";q=10;w=900` and `RateLimit: "auth";r=3;t=120`, one list member
+    /// per tier that applied (draft-ietf-httpapi-ratelimit-headers).
+    pub fn stamp(&self, counted: &Counted, headers: &mut HeaderMap) {
+        let Some(policy) = self.limiter.policies[counted.tiers.mask()].clone() else {
+            return;
+        };
+        let mut state = String::with_capacity(48);
+        for (i, (tier, d)) in counted.decided().enumerate() {
+            if i > 0 {
+                state.push_str(", ");
+            }
+            state.push('"');
+            state.push_str(tier.name());
+            state.push_str("\";r=");
+            state.push_str(itoa::Buffer::new().format(d.remaining));
+            state.push_str(";t=");
+            state.push_str(itoa::Buffer::new().format(d.reset_ms.div_ceil(1000)));
+        }
+        if let Ok(state) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(state)) {
+            headers.insert(RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT, state);
+        }
+    }
 }
 
-/// `Authorization: Bearer <jwt>` verified without a database hit: `user:<id>`, else `None`.
-fn user_key(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let claims = state.tokens.verify_access(token.trim())?;
-    Some(format!("user:{}", claims.sub))
-}
-
-/// `RateLimit-Policy: "auth";q=10;w=900` and `RateLimit: "auth";r=3;t=120`, one list member
-/// per tier that applied (draft-ietf-httpapi-ratelimit-headers).
-fn set_headers(headers: &mut HeaderMap, limiter: &Limiter, decisions: &[(TierId, Decision)]) {
-    let mut policy = String::new();
-    let mut state = String::new();
-    for (i, (tier, d)) in decisions.iter().enumerate() {
-        let rule = limiter.rule(*tier);
-        let sep = if i == 0 { "" } else { ", " };
-        policy.push_str(&format!(
-            "{sep}\"{}\";q={};w={}",
-            tier.name(),
-            rule.limit,
-            rule.window_ms / 1000
-        ));
-        state.push_str(&format!(
-            "{sep}\"{}\";r={};t={}",
-            tier.name(),
-            d.remaining,
-            d.reset_ms.div_ceil(1000)
-        ));
-    }
-    if let (Ok(policy), Ok(state)) = (
-        HeaderValue::from_str(&policy),
-        HeaderValue::from_str(&state),
-    ) {
-        headers.insert(RATELIMIT_POLICY, policy);
-        headers.insert(RATELIMIT, state);
+impl Counted {
+    fn decided(&self) -> impl Iterator<Item = (TierId, &Decision)> {
+        self.tiers.iter().copied().zip(&self.decisions)
     }
 }
 
