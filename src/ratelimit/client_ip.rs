@@ -80,7 +80,18 @@ fn parse_node(raw: &str) -> Option<IpAddr> {
 /// The limiter key for an address: `ip:1.2.3.4`, or `ip:2001:db8:1:2::/64`.
 pub fn ip_key(ip: IpAddr) -> String {
     match ip {
-        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V4(v4) => {
+            // Every request that counts needs its key: built without the formatting machinery.
+            let mut key = String::with_capacity(18);
+            key.push_str("ip:");
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    key.push('.');
+                }
+                key.push_str(itoa::Buffer::new().format(octet));
+            }
+            key
+        }
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
             format!("ip:{}/64", Ipv6Addr::from(prefix))
@@ -180,5 +191,8 @@ mod tests {
         let mapped = client_ip(ip("::ffff:192.0.2.1"), &HeaderMap::new(), &[]);
         assert_eq!(mapped, ip("192.0.2.1"));
         assert_eq!(ip_key(mapped.unwrap()), "ip:192.0.2.1");
+        for v4 in ["0.0.0.0", "10.200.3.45", "255.255.255.255"] {
+            assert_eq!(ip_key(v4.parse().unwrap()), format!("ip:{v4}"));
+        }
     }
 }

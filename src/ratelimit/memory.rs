@@ -7,10 +7,11 @@
 //! blocked is evicted (so flooding with new addresses cannot cheaply free a blocked client).
 
 use std::{
-    collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, Hash, Hasher, RandomState},
     sync::{Mutex, MutexGuard},
 };
+
+use hashbrown::{Equivalent, HashMap};
 
 use super::{BlockedClient, Decision, Outcome, Rule, TierId};
 
@@ -28,7 +29,24 @@ struct Entry {
     expires: u64,
 }
 
-type Shard = HashMap<(TierId, Box<str>), Entry>;
+type Shard = HashMap<(TierId, Box<str>), Entry, RandomState>;
+
+/// A borrowed `(tier, client)` key: looks an entry up without allocating the owned key.
+struct Lookup<'a>(TierId, &'a str);
+
+impl Hash for Lookup<'_> {
+    // The same hash as the owned `(TierId, Box<str>)`, field by field.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl Equivalent<(TierId, Box<str>)> for Lookup<'_> {
+    fn equivalent(&self, key: &(TierId, Box<str>)) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
@@ -39,7 +57,9 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(max_keys: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(RandomState::new())))
+                .collect(),
             hasher: RandomState::new(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
         }
@@ -56,11 +76,13 @@ impl MemoryStore {
     /// Counts one request and decides, atomically for this client and tier.
     pub fn decide(&self, tier: TierId, key: &str, rule: &Rule, now: u64) -> Decision {
         let mut shard = self.shard(tier, key);
-        let id = (tier, Box::<str>::from(key));
-        if !shard.contains_key(&id) && shard.len() >= self.per_shard {
+        if let Some(entry) = shard.get_mut(&Lookup(tier, key)) {
+            return step(entry, rule, now);
+        }
+        if shard.len() >= self.per_shard {
             make_room(&mut shard, now);
         }
-        step(shard.entry(id).or_default(), rule, now)
+        step(shard.entry((tier, Box::from(key))).or_default(), rule, now)
     }
 
     /// Clients blocked now per tier (soonest release first, at most `max` per tier).
@@ -91,7 +113,7 @@ impl MemoryStore {
     pub fn lift(&self, tier: TierId, key: &str, now: u64) -> bool {
         let mut shard = self.shard(tier, key);
         shard
-            .remove(&(tier, Box::<str>::from(key)))
+            .remove(&Lookup(tier, key))
             .is_some_and(|e| e.blocked_until > now)
     }
 

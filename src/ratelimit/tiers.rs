@@ -52,32 +52,92 @@ impl TierId {
     }
 }
 
+/// The tiers one request falls in (at most two: `general` and one more specific tier), kept
+/// inline: classifying a request allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiers {
+    list: [TierId; 2],
+    len: u8,
+}
+
+impl Tiers {
+    pub const NONE: Tiers = Tiers {
+        list: [TierId::General; 2],
+        len: 0,
+    };
+
+    fn of(first: TierId, second: Option<TierId>) -> Self {
+        match second {
+            Some(second) => Self {
+                list: [first, second],
+                len: 2,
+            },
+            None => Self {
+                list: [first; 2],
+                len: 1,
+            },
+        }
+    }
+
+    /// A bit per tier: identifies the set (for per-set constants such as the policy header).
+    pub fn mask(&self) -> usize {
+        self.iter().fold(0, |m, t| m | 1 << t.index())
+    }
+}
+
+impl std::ops::Deref for Tiers {
+    type Target = [TierId];
+
+    fn deref(&self) -> &[TierId] {
+        &self.list[..usize::from(self.len)]
+    }
+}
+
 /// The tiers `method path` falls in; empty for exempt routes.
-pub fn classify(method: &Method, path: &str) -> Vec<TierId> {
+pub fn classify(method: &Method, path: &str) -> Tiers {
     let Some(rest) = path.strip_prefix("/api/") else {
         // Outside /api: health probes, /admin pages and assets. The dashboard's sign-in form
         // is the one exception: it checks a password, so it shares the auth tier.
         if method == Method::POST && path == "/admin/login" {
-            return vec![TierId::Auth];
+            return Tiers::of(TierId::Auth, None);
         }
-        return Vec::new();
+        return Tiers::NONE;
     };
     if rest == "health" || rest == "openapi.json" {
-        return Vec::new();
+        return Tiers::NONE;
     }
-    let mut tiers = vec![TierId::General];
-    let segments: Vec<&str> = rest.split('/').collect();
-    let specific = match (method, segments.as_slice()) {
-        (&Method::POST, ["v1", "auth", "login" | "register" | "refresh"]) => Some(TierId::Auth),
-        (_, ["v1", "ai", _, ..]) => Some(TierId::Ai),
-        (&Method::POST, ["v1", "claims"]) => Some(TierId::Ai),
-        (&Method::POST, ["v1", "keys"]) => Some(TierId::KeyCreation),
-        (&Method::POST, ["v1", "keys", "bulk", "delete" | "status"]) => Some(TierId::Heavy),
-        (&Method::POST, ["v1", "keys", _, "reveal" | "rotate"]) => Some(TierId::Heavy),
+    // The first five path segments; `None` past the end.
+    let mut segments = rest.split('/');
+    let s: [Option<&str>; 5] = std::array::from_fn(|_| segments.next());
+    let post = method == Method::POST;
+    let specific = match s {
+        [
+            Some("v1"),
+            Some("auth"),
+            Some("login" | "register" | "refresh"),
+            None,
+            _,
+        ] if post => Some(TierId::Auth),
+        [Some("v1"), Some("ai"), Some(_), ..] => Some(TierId::Ai),
+        [Some("v1"), Some("claims"), None, ..] if post => Some(TierId::Ai),
+        [Some("v1"), Some("keys"), None, ..] if post => Some(TierId::KeyCreation),
+        [
+            Some("v1"),
+            Some("keys"),
+            Some("bulk"),
+            Some("delete" | "status"),
+            None,
+        ] if post => Some(TierId::Heavy),
+        [
+            Some("v1"),
+            Some("keys"),
+            Some(_),
+            Some("reveal" | "rotate"),
+            None,
+        ] if post => Some(TierId::Heavy),
         _ => None,
     };
-    tiers.extend(specific);
-    tiers
+    Tiers::of(TierId::General, specific)
 }
 
 #[cfg(test)]
@@ -109,9 +169,14 @@ mod tests {
             (&get, "/api/v1/no-such-route", &[General]),
             (&get, "/api/system/stats", &[General]),
             (&post, "/admin/login", &[Auth]),
+            (&get, "/api/v1/ai/", &[General, Ai]),
+            (&post, "/api/v1/keys/bulk/delete/more", &[General]),
+            (&post, "/api/v1/keys/ak_1/reveal/x", &[General]),
+            (&post, "/api/v1/claims/", &[General]),
+            (&post, "/api/v1/auth/login/x", &[General]),
         ];
         for (method, path, expected) in cases {
-            assert_eq!(&classify(method, path), expected, "{method} {path}");
+            assert_eq!(&classify(method, path)[..], *expected, "{method} {path}");
         }
     }
 
@@ -129,5 +194,17 @@ mod tests {
         ] {
             assert!(classify(&Method::GET, path).is_empty(), "{path}");
         }
+    }
+
+    #[test]
+    fn each_tier_set_has_its_own_mask() {
+        assert_eq!(classify(&Method::GET, "/api/health").mask(), 0);
+        assert_eq!(classify(&Method::GET, "/api/v1/claims").mask(), 0b1);
+        assert_eq!(classify(&Method::POST, "/api/v1/claims").mask(), 0b101);
+        assert_eq!(classify(&Method::POST, "/admin/login").mask(), 0b10);
+        assert_eq!(
+            classify(&Method::POST, "/api/v1/keys/k/rotate").mask(),
+            0b10001
+        );
     }
 }
