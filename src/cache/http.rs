@@ -4,7 +4,7 @@
 //! hash of the serialized body, so every instance computes the same tag for the same data and a
 //! client revalidating against another replica still gets its 304.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, sync::LazyLock, time::Duration};
 
 use axum::{
     body::Bytes,
@@ -28,12 +28,22 @@ pub enum Visibility {
 
 impl Visibility {
     pub fn cache_control(self) -> String {
+        self.header().to_str().unwrap_or_default().to_owned()
+    }
+
+    /// The `Cache-Control` value. Every age a response can carry (0 to 60 s) is built once.
+    pub fn header(self) -> HeaderValue {
+        static PUBLIC: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+            (0..=super::MAX_CLIENT_AGE.as_secs())
+                .map(|age| header_value(&format!("public, max-age={age}")))
+                .collect()
+        });
         match self {
-            Self::Public { max_age } => format!(
-                "public, max-age={}",
-                max_age.min(super::MAX_CLIENT_AGE).as_secs()
-            ),
-            Self::Private => "private, no-cache".to_owned(),
+            Self::Public { max_age } => {
+                let age = max_age.min(super::MAX_CLIENT_AGE).as_secs() as usize;
+                PUBLIC[age].clone()
+            }
+            Self::Private => HeaderValue::from_static("private, no-cache"),
         }
     }
 }
@@ -111,10 +121,7 @@ impl Conditional {
     pub fn respond_rendered(&self, body: &Rendered, visibility: Visibility) -> Response {
         let headers = [
             (header::ETAG, body.etag.clone()),
-            (
-                header::CACHE_CONTROL,
-                header_value(&visibility.cache_control()),
-            ),
+            (header::CACHE_CONTROL, visibility.header()),
             // The same URL answers differently with credentials (e.g. a submitter's own claim).
             (header::VARY, HeaderValue::from_static("authorization")),
         ];
@@ -206,6 +213,12 @@ mod tests {
         };
         assert_eq!(long.cache_control(), "public, max-age=60");
         assert_eq!(Visibility::Private.cache_control(), "private, no-cache");
+        for (secs, text) in [(0, "public, max-age=0"), (17, "public, max-age=17")] {
+            let v = Visibility::Public {
+                max_age: Duration::from_millis(secs * 1000 + 900),
+            };
+            assert_eq!(v.header(), text);
+        }
     }
 
     #[tokio::test]

@@ -378,10 +378,10 @@ impl Cache {
         Fut: Future<Output = ApiResult<T>>,
     {
         if ttl.is_zero() {
-            return Ok(Cached::loaded(load().await?));
+            return Ok(Cached::loaded(Box::pin(load()).await?));
         }
-        let redis_key = self.redis_key(ns, scope, key);
-        self.get_or_fill(ns, scope, key, async {
+        self.get_or_fill(ns, scope, key, || async {
+            let redis_key = self.redis_key(ns, scope, key);
             if let Some((value, expires_at)) = self.redis_get::<T>(ns, &redis_key, ttl).await {
                 return Ok((value, expires_at, Source::Redis));
             }
@@ -410,9 +410,9 @@ impl Cache {
         Fut: Future<Output = ApiResult<T>>,
     {
         if ttl.is_zero() {
-            return Ok(Cached::loaded(load().await?));
+            return Ok(Cached::loaded(Box::pin(load()).await?));
         }
-        self.get_or_fill(ns, scope, key, async {
+        self.get_or_fill(ns, scope, key, || async {
             self.inner.stats.load(ns);
             let value = load().await?;
             Ok((value, Instant::now() + ttl, Source::Loader))
@@ -422,12 +422,16 @@ impl Cache {
 
     /// The memory layer's part of both lookups: a hit, or `fill` run once for all concurrent
     /// misses on the key.
+    ///
+    /// The fill (and the load inside it) is made and boxed only on a miss: kept inline, the
+    /// loader's future (database queries and all) made every handler's future several
+    /// kilobytes, copied at each layer on every request, hits included.
     async fn get_or_fill<T, Fill>(
         &self,
         ns: Namespace,
         scope: Scope,
         key: &str,
-        fill: Fill,
+        fill: impl FnOnce() -> Fill,
     ) -> ApiResult<Cached<T>>
     where
         T: Send + Sync + 'static,
@@ -458,7 +462,7 @@ impl Cache {
             .inner
             .memory
             .try_get_with(memory_key, async {
-                let (value, expires_at, source) = fill.await?;
+                let (value, expires_at, source) = Box::pin(fill()).await?;
                 Ok::<_, ApiError>(Entry {
                     value: Arc::new(value),
                     expires_at,
@@ -590,22 +594,39 @@ impl Cache {
         self.inner.listening.load(Ordering::SeqCst)
     }
 
+    /// `<ns>:<generation>:<epoch>:<scope>:<key>`; built on every lookup, so without the
+    /// formatting machinery.
     fn memory_key(&self, ns: Namespace, scope: Scope, key: &str) -> String {
-        let i = ns.index();
-        format!(
-            "{ns}:{}:{}:{scope}:{key}",
-            self.inner.generations[i].load(Ordering::SeqCst),
-            self.inner.epochs[i].load(Ordering::SeqCst)
-        )
+        let mut full = self.memory_prefix(ns, key.len() + 40);
+        match scope {
+            Scope::Public => full.push_str("pub"),
+            Scope::PerUser(id) => {
+                full.push_str("u.");
+                full.push_str(id.simple().encode_lower(&mut uuid::Uuid::encode_buffer()));
+            }
+        }
+        full.push(':');
+        full.push_str(key);
+        full
     }
 
     fn memory_key_raw(&self, ns: Namespace, scoped_key: &str) -> String {
+        let mut full = self.memory_prefix(ns, scoped_key.len());
+        full.push_str(scoped_key);
+        full
+    }
+
+    /// `<ns>:<generation>:<epoch>:`, with room for `extra` more bytes.
+    fn memory_prefix(&self, ns: Namespace, extra: usize) -> String {
         let i = ns.index();
-        format!(
-            "{ns}:{}:{}:{scoped_key}",
-            self.inner.generations[i].load(Ordering::SeqCst),
-            self.inner.epochs[i].load(Ordering::SeqCst)
-        )
+        let mut full = String::with_capacity(ns.as_str().len() + 44 + extra);
+        full.push_str(ns.as_str());
+        full.push(':');
+        full.push_str(itoa::Buffer::new().format(self.inner.generations[i].load(Ordering::SeqCst)));
+        full.push(':');
+        full.push_str(itoa::Buffer::new().format(self.inner.epochs[i].load(Ordering::SeqCst)));
+        full.push(':');
+        full
     }
 
     fn redis_key(&self, ns: Namespace, scope: Scope, key: &str) -> String {

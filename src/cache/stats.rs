@@ -71,12 +71,32 @@ struct Counters {
 /// Per-namespace counters, indexed by [`Namespace::index`].
 pub struct Stats {
     by_namespace: [Counters; Namespace::ALL.len()],
+    /// `hakikisha_cache_requests_total` per namespace, layer and result, resolved once: every
+    /// cached read counts a lookup, and finding the series by its labels each time cost more
+    /// than the memory lookup itself.
+    lookups: [[metrics::Counter; 4]; Namespace::ALL.len()],
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Self {
             by_namespace: std::array::from_fn(|_| Counters::default()),
+            lookups: Namespace::ALL.map(|ns| {
+                [
+                    (Layer::Memory, "hit"),
+                    (Layer::Memory, "miss"),
+                    (Layer::Redis, "hit"),
+                    (Layer::Redis, "miss"),
+                ]
+                .map(|(layer, result)| {
+                    metrics::counter!(
+                        "hakikisha_cache_requests_total",
+                        "layer" => layer.as_str(),
+                        "namespace" => ns.as_str(),
+                        "result" => result,
+                    )
+                })
+            }),
         }
     }
 }
@@ -88,19 +108,14 @@ fn bump(counter: &AtomicU64) {
 impl Stats {
     pub fn lookup(&self, ns: Namespace, layer: Layer, hit: bool) {
         let c = &self.by_namespace[ns.index()];
-        bump(match (layer, hit) {
-            (Layer::Memory, true) => &c.memory_hits,
-            (Layer::Memory, false) => &c.memory_misses,
-            (Layer::Redis, true) => &c.redis_hits,
-            (Layer::Redis, false) => &c.redis_misses,
-        });
-        metrics::counter!(
-            "hakikisha_cache_requests_total",
-            "layer" => layer.as_str(),
-            "namespace" => ns.as_str(),
-            "result" => if hit { "hit" } else { "miss" },
-        )
-        .increment(1);
+        let (counter, series) = match (layer, hit) {
+            (Layer::Memory, true) => (&c.memory_hits, 0),
+            (Layer::Memory, false) => (&c.memory_misses, 1),
+            (Layer::Redis, true) => (&c.redis_hits, 2),
+            (Layer::Redis, false) => (&c.redis_misses, 3),
+        };
+        bump(counter);
+        self.lookups[ns.index()][series].increment(1);
     }
 
     pub fn load(&self, ns: Namespace) {

@@ -231,6 +231,28 @@ fn scopes_render_distinct_key_segments() {
 }
 
 #[tokio::test]
+async fn a_lookup_key_is_the_key_a_pub_sub_invalidation_names() {
+    // Other instances name an entry as `<scope>:<key>` (see `sync`): the key a lookup builds
+    // must be the one such a message drops, in every namespace and generation.
+    let cache = cache();
+    let before = cache.memory_key(Namespace::Profiles, Scope::Public, "k");
+    cache.invalidate_namespace(Namespace::Profiles).await;
+    assert_ne!(
+        cache.memory_key(Namespace::Profiles, Scope::Public, "k"),
+        before
+    );
+    let id = Uuid::new_v4();
+    for ns in Namespace::ALL {
+        for scope in [Scope::Public, Scope::PerUser(id)] {
+            assert_eq!(
+                cache.memory_key(ns, scope, "limit=20"),
+                cache.memory_key_raw(ns, &format!("{scope}:limit=20")),
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn with_a_replica_invalidations_repeat_to_drop_copies_of_lagging_reads() {
     let cache = Cache::new(
         CacheConfig {
