@@ -30,6 +30,8 @@ BARE = ROOT / "target/release/examples/bare_axum"
 LOADGEN = ROOT / "target/release/examples/loadgen"
 QUICK = "--quick" in sys.argv
 DURATION = 5 if QUICK else 10
+# Rounds of the compared throughput runs (see Bench.rotate); each round runs DURATION / ROUNDS s.
+ROUNDS = 3 if QUICK else 5
 CLAIMS = 10_000 if QUICK else 100_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSWORD = "bench password 42"
@@ -160,7 +162,7 @@ class Bench:
             "rps": result.get("rps", 0.0), "p50": result.get("p50_ms", 0.0), "p95": result.get("p95_ms", 0.0),
             "p99": result.get("p99_ms", 0.0), "max": result.get("max_ms", 0.0), "errors": result.get("errors", 0),
             "rss": (server.status("VmRSS") / 2**20) if server else None, "cpu": cpu, "ratio": ratio,
-            "target": target, "verdict": verdict,
+            "target": target, "verdict": verdict, "rounds": result.get("rounds"),
         })
         r = self.rows[-1]
         print(f"  {scenario:<46} {backend:<10} {r['rps']:>10.0f} req/s  p99 {r['p99']:>8.2f} ms  errors {r['errors']}"
@@ -171,6 +173,18 @@ class Bench:
         result = fn()
         cpu = 100 * (server.cpu_seconds() - c0) / max(time.time() - t0, 1e-9)
         return result, cpu
+
+    def rotate(self, targets: list[tuple[str, Process, str]], conns: int) -> dict[str, list[tuple[dict, float]]]:
+        """Runs wrk against each target in turn, ROUNDS times, so every target sees the same
+        machine: on a shared host the same binary moves by 20 % or more within minutes, and
+        comparing runs taken side by side, round after round, cancels most of it. Returns each
+        target's (result, server CPU %) per round."""
+        secs = max(2, round(DURATION / ROUNDS))
+        runs: dict[str, list[tuple[dict, float]]] = {name: [] for name, _, _ in targets}
+        for _ in range(ROUNDS):
+            for name, proc, url in targets:
+                runs[name].append(self.measured(proc, lambda: wrk(url, conns, secs)))
+        return runs
 
     def start_bare(self, body: Path | None = None) -> tuple[Process, str]:
         port = free_port()
@@ -214,6 +228,19 @@ class Bench:
             p.stop()
 
 
+def median_run(runs: list[tuple[dict, float]], reference: list[tuple[dict, float]] | None = None):
+    """The median round of `runs` (its result and CPU), and the median of the per-round ratios
+    of its throughput to `reference`'s in the same round."""
+    order = sorted(range(len(runs)), key=lambda i: runs[i][0]["rps"])
+    result, cpu = runs[order[len(order) // 2]]
+    result = {**result, "rounds": [round(r["rps"]) for r, _ in runs],
+              "errors": sum(r["errors"] for r, _ in runs)}
+    if reference is None:
+        return result, cpu, None
+    ratios = sorted(r["rps"] / ref["rps"] for (r, _), (ref, _) in zip(runs, reference))
+    return result, cpu, ratios[len(ratios) // 2]
+
+
 def bench_backend(b: Bench, backend: str, env: dict, ids_of, pg_url: str | None, schema: str | None = None):
     print(f"\n[{backend}] demo data ({CLAIMS} claims) ...", flush=True)
     took = b.demo_data(env)
@@ -234,24 +261,26 @@ def bench_backend(b: Bench, backend: str, env: dict, ids_of, pg_url: str | None,
     ids_file.write_text("\n".join(ids) + "\n")
 
     c = 64
-    # The baseline again, right before the rows compared with it: on a shared machine the same
-    # binary moves by 20 % or more between minutes, and the ratio is only fair side by side.
+    # The baseline, started for each backend, and what the contract adds to every response put
+    # back on the bare server one piece at a time with the service's own code: its response
+    # headers, then its request log line. The service and these run in turn, round after round
+    # (Bench.rotate), and each ratio is the median of the per-round ratios.
     bare, bare_base = b.start_bare()
-    r, cpu = b.measured(bare, lambda: wrk(bare_base + "/api/health", c, DURATION))
+    runs = b.rotate([
+        ("bare", bare, bare_base + "/api/health"),
+        ("headers", bare, bare_base + "/api/health/headers"),
+        ("logged", bare, bare_base + "/api/health/logged"),
+        ("health", app, base + "/api/health"),
+    ], c)
+    r, cpu, _ = median_run(runs["bare"])
     b.row(f"bare axum GET /api/health (baseline for {backend})", "-", r, bare, cpu, 1.0)
-    bare_rps = {"health": r["rps"]}
-    # What the contract adds to every response, put back on the bare server one piece at a
-    # time with the service's own code: its response headers, then its request log line.
-    r, cpu = b.measured(bare, lambda: wrk(bare_base + "/api/health/headers", c, DURATION))
-    b.row("  bare axum + the service's response headers (request id, 12 security headers)", "-", r, bare, cpu,
-          r["rps"] / bare_rps["health"])
-    r, cpu = b.measured(bare, lambda: wrk(bare_base + "/api/health/logged", c, DURATION))
-    b.row("  bare axum + those headers + the request log line", "-", r, bare, cpu, r["rps"] / bare_rps["health"])
-    bare.stop()
-
-    r, cpu = b.measured(app, lambda: wrk(base + "/api/health", c, DURATION))
-    ratio = r["rps"] / bare_rps["health"]
+    r, cpu, ratio = median_run(runs["headers"], runs["bare"])
+    b.row("  bare axum + the service's response headers (request id, 12 security headers)", "-", r, bare, cpu, ratio)
+    r, cpu, ratio = median_run(runs["logged"], runs["bare"])
+    b.row("  bare axum + those headers + the request log line", "-", r, bare, cpu, ratio)
+    r, cpu, ratio = median_run(runs["health"], runs["bare"])
     b.row("GET /api/health", backend, r, app, cpu, ratio, ">= 0.8 x bare", "met" if ratio >= 0.8 else "MISSED")
+    bare.stop()
 
     # The same body from the bare server: what sending that many bytes costs by itself.
     body = b.work / f"{backend}-trending.json"
@@ -259,14 +288,17 @@ def bench_backend(b: Bench, backend: str, env: dict, ids_of, pg_url: str | None,
         body.write_bytes(resp.read())
     size = body.stat().st_size
     bare, bare_base = b.start_bare(body)
-    r, cpu = b.measured(bare, lambda: wrk(bare_base + "/body", c, DURATION))
-    b.row(f"bare axum sending the trending body ({size:,} bytes)", "-", r, bare, cpu, r["rps"] / bare_rps["health"])
+    runs = b.rotate([
+        ("bare", bare, bare_base + "/api/health"),
+        ("body", bare, bare_base + "/body"),
+        ("trending", app, base + "/api/v1/claims/trending"),
+    ], c)
+    r, cpu, ratio = median_run(runs["body"], runs["bare"])
+    b.row(f"bare axum sending the trending body ({size:,} bytes)", "-", r, bare, cpu, ratio)
     bare.stop()
-    bare_rps["body"] = r["rps"]
-
-    r, cpu = b.measured(app, lambda: wrk(base + "/api/v1/claims/trending", c, DURATION))
-    ratio = r["rps"] / bare_rps["health"]
-    b.row(f"cached read GET /claims/trending ({r['rps'] / bare_rps['body']:.2f} x bare sending the same body)",
+    r, cpu, ratio = median_run(runs["trending"], runs["bare"])
+    _, _, vs_body = median_run(runs["trending"], runs["body"])
+    b.row(f"cached read GET /claims/trending ({vs_body:.2f} x bare sending the same body)",
           backend, r, app, cpu, ratio, ">= 0.7 x bare", "met" if ratio >= 0.7 and r["errors"] == 0 else "MISSED")
 
     # Uncached point reads: a second instance on the same database with claim-detail caching
@@ -500,7 +532,10 @@ def main() -> int:
     header = (f"# Benchmark {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC ({'quick' if QUICK else 'full'})\n\n"
               f"Machine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
               f"Linux {platform.release()}. {DURATION} s per scenario; {CLAIMS:,} claims; load generator and server share the machine.\n")
-    text = header + "\n" + table(b.rows) + "\n"
+    rounds = "\n".join(f"- {r['scenario'].strip()} ({r['backend']}): {', '.join(f'{x:,}' for x in r['rounds'])}"
+                       for r in b.rows if r.get("rounds"))
+    text = (header + "\n" + table(b.rows) + "\n\nThroughput of each round (req/s) of the rows compared in turn "
+            "(the table shows the median round and the median per-round ratio):\n\n" + rounds + "\n")
     print("\n" + text)
     results = ROOT / "bench/results"
     results.mkdir(exist_ok=True)
