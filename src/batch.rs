@@ -9,9 +9,18 @@ use std::{future::Future, sync::Arc};
 
 use tokio::sync::{Semaphore, mpsc};
 
-/// The queue of one batched operation. Dropping it ends its task once queued batches are run.
+/// The queue of one batched operation. Dropping it (every clone) ends its task once queued
+/// batches are run.
 pub struct Batcher<T> {
     queue: mpsc::UnboundedSender<T>,
+}
+
+impl<T> Clone for Batcher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
 }
 
 impl<T: Send + 'static> Batcher<T> {

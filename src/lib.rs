@@ -179,6 +179,8 @@ impl App {
             tracing::warn!(error = %e, "could not write the last view counts");
         }
         state.db.close().await;
+        // Leased rate-limit requests this instance did not use go back to the shared windows.
+        state.limiter.release().await;
         if let Some(redis) = &state.redis {
             redis.quit().await;
         }

@@ -225,7 +225,7 @@ impl Limiter {
             }),
             rules,
             memory: memory::MemoryStore::new(rl.max_keys),
-            redis: redis.map(redis_store::RedisStore::new),
+            redis: redis.map(|r| redis_store::RedisStore::new(r, clock.clone())),
             clock,
             trusted_proxies: config.trusted_proxies.clone(),
             fallback: AtomicBool::new(false),
@@ -275,8 +275,8 @@ impl Limiter {
             tracing::info!(
                 tier = tier.name(),
                 offences = decision.offences,
-                block_seconds = decision.reset_ms / 1000,
-                "client blocked by the rate limiter"
+                retry_after_seconds = decision.reset_ms.div_ceil(1000),
+                "client over its rate limit"
             );
         }
         decision
@@ -293,6 +293,18 @@ impl Limiter {
                 tracing::info!("redis is back: rate limits are counted in redis again");
             }
         }
+    }
+
+    /// Gives this instance's unused leased requests back to Redis (at shutdown).
+    pub async fn release(&self) {
+        if let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) {
+            redis.release().await;
+        }
+    }
+
+    /// Script calls made to Redis so far (0 without Redis).
+    pub fn redis_calls(&self) -> u64 {
+        self.redis.as_ref().map_or(0, |r| r.script_calls())
     }
 
     /// True while Redis is configured but decisions are made in process.

@@ -467,6 +467,119 @@ async fn decisions_survive_redis_forgetting_the_script() {
     );
 }
 
+// --- Leases ---------------------------------------------------------------------------------
+
+/// A client sending many requests to one instance is mostly answered from leases: a few dozen
+/// script calls for 2,500 requests, the limit still exact to the request, `remaining` falling
+/// by one each time, and the request after the limit blocked as without leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_client_is_answered_from_leases_and_held_to_its_exact_limit() {
+    let Some(url) = test_redis_url() else { return };
+    let config = limiter_config(&[("RATE_LIMIT_GENERAL", "2000/15m")]);
+    let limiter = Limiter::new(&config, Some(private_prefix_redis(&url).await));
+    let key = "ip:192.0.2.50";
+    let mut allowed = 0;
+    let mut outcomes = Vec::new();
+    let mut calls = 0;
+    for _ in 0..2_500 {
+        let d = limiter.check(TierId::General, key).await;
+        if d.outcome == Outcome::Allowed {
+            allowed += 1;
+            assert_eq!(d.remaining, 2_000 - allowed, "request {allowed}");
+            calls = limiter.redis_calls();
+        } else {
+            // A blocked client is asked about in Redis each time, as without leases.
+            outcomes.push(d.outcome);
+        }
+    }
+    assert_eq!(allowed, 2_000);
+    assert_eq!(outcomes[0], Outcome::Limited);
+    assert!(outcomes[1..].iter().all(|o| *o == Outcome::Blocked));
+    assert_eq!(limiter.blocked().await.1, 1);
+    assert!(
+        calls < 200,
+        "{calls} script calls for 2,000 admitted requests"
+    );
+    assert!(!limiter.in_fallback());
+}
+
+/// Two instances share a client's window through Redis with leases out: together they never
+/// admit more than the limit; a client refused while the other instance still holds leased
+/// requests is not blocked for them; once those come back (the sweeper), they are admitted and
+/// the limit is reached exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_never_let_two_instances_admit_more_than_the_limit_nor_block_early() {
+    let Some(url) = test_redis_url() else { return };
+    let redis = private_prefix_redis(&url).await;
+    let config = limiter_config(&[("RATE_LIMIT_GENERAL", "1000/15m")]);
+    let (a, b) = (
+        Limiter::new(&config, Some(redis.clone())),
+        Limiter::new(&config, Some(redis)),
+    );
+    let key = "ip:192.0.2.51";
+    let mut total = 0;
+    for _ in 0..300 {
+        if a.check(TierId::General, key).await.outcome == Outcome::Allowed {
+            total += 1;
+        }
+    }
+    assert_eq!(total, 300);
+    // B takes what is left in Redis, then is refused while A's lease may still be out.
+    let mut refused = None;
+    for _ in 0..1_000 {
+        let d = b.check(TierId::General, key).await;
+        if d.outcome == Outcome::Allowed {
+            total += 1;
+        } else {
+            refused = Some(d);
+            break;
+        }
+    }
+    let refused = refused.expect("B was refused at some point");
+    assert!(total <= 1_000, "{total} admitted");
+    if total < 1_000 {
+        // Refused for A's outstanding lease: told to retry shortly, and not blocked.
+        assert_eq!(refused.outcome, Outcome::Limited);
+        assert!(refused.reset_ms <= 1_000, "{refused:?}");
+        assert_eq!(b.blocked().await.1, 0, "blocked with {total} of 1000 used");
+    }
+    // A's lease runs out and the sweeper gives its unused requests back: B gets exactly them.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut outcome = Outcome::Allowed;
+    while total < 1_100 {
+        outcome = b.check(TierId::General, key).await.outcome;
+        if outcome != Outcome::Allowed {
+            break;
+        }
+        total += 1;
+    }
+    assert_eq!(total, 1_000);
+    assert_eq!(outcome, Outcome::Limited);
+    assert_eq!(b.blocked().await.1, 1);
+}
+
+/// At shutdown an instance gives its unused leased requests back, so another instance sees
+/// the window as it really is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_gives_its_leased_requests_back_at_shutdown() {
+    let Some(url) = test_redis_url() else { return };
+    let redis = private_prefix_redis(&url).await;
+    let config = limiter_config(&[("RATE_LIMIT_GENERAL", "100000/15m")]);
+    let (a, b) = (
+        Limiter::new(&config, Some(redis.clone())),
+        Limiter::new(&config, Some(redis)),
+    );
+    let key = "ip:192.0.2.52";
+    for _ in 0..50 {
+        a.check(TierId::General, key).await;
+    }
+    let before = b.check(TierId::General, key).await.remaining;
+    assert!(before < 100_000 - 51, "A holds leased requests: {before}");
+    a.release().await;
+    let after = b.check(TierId::General, key).await;
+    assert_eq!(after.remaining, 100_000 - 52);
+}
+
 // --- Several instances, and Redis going away -----------------------------------------------
 
 /// A second instance of `first`'s deployment: same database, Redis and key prefix.
