@@ -30,7 +30,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use pin_project_lite::pin_project;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 use tower_http::compression::Compression;
 
 use crate::{
@@ -82,7 +82,7 @@ pub struct EdgeService<S> {
 
 impl<S> Service<Request> for EdgeService<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response;
@@ -93,12 +93,29 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
-        // The service that was polled ready answers; a clone stays for the next call.
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let started = Instant::now();
         let shared = self.shared.clone();
-        Box::pin(async move { Ok(observe(&shared, inner, req).await) })
+        let method = method_label(req.method());
+        let matched = req.extensions().get::<MatchedPath>().cloned();
+        hide_credentials(req.headers_mut());
+        let request_id = request_id(&req);
+        let in_flight = InFlight::start();
+        // Everything that needs the request happens here, so the future below does not keep
+        // it; the handler's future is made now (a route clones itself for it) and only polled
+        // once the rate limiter has admitted the request.
+        let handling = prepare(&shared, &mut self.inner, req);
+        Box::pin(async move {
+            let response = respond(&shared, handling, started).await;
+            drop(in_flight);
+            Ok(finish(
+                response,
+                started,
+                method,
+                matched.as_ref(),
+                &request_id,
+            ))
+        })
     }
 }
 
@@ -119,20 +136,133 @@ impl Drop for InFlight {
     }
 }
 
-/// Request id, metrics, log line and response headers around [`respond`].
-async fn observe<S>(shared: &Shared, inner: S, mut req: Request) -> Response
+/// A request about to be handled: refused before it started, or the handler's future with the
+/// rate limiter's plan for it.
+enum Handling<F, C> {
+    Refused(Response),
+    Ready {
+        handler: Handler<F, C>,
+        plan: Option<crate::ratelimit::Plan>,
+    },
+}
+
+pin_project! {
+    /// The handler's future, through tower-http's compression when the client asked for it.
+    #[project = HandlerProj]
+    enum Handler<F, C> {
+        Plain { #[pin] future: F },
+        Compressed { #[pin] future: C },
+    }
+}
+
+impl<F, C, B> Future for Handler<F, C>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Send,
-    S::Future: Send,
+    F: Future<Output = Result<Response, Infallible>>,
+    C: Future<Output = Result<Response<B>, Infallible>>,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
 {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    hide_credentials(req.headers_mut());
-    let request_id = request_id(&req);
-    let in_flight = InFlight::start();
-    let mut response = problemize(respond(shared, inner, req, started).await);
-    drop(in_flight);
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        match self.project() {
+            HandlerProj::Plain { future } => future.poll(cx).map(|r| {
+                let mut response = r.unwrap_or_else(|never| match never {});
+                vary_if_compressible(&mut response);
+                response
+            }),
+            HandlerProj::Compressed { future } => future
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|never| match never {}).map(Body::new)),
+        }
+    }
+}
+
+type Prepared<S> = Handling<
+    <S as Service<Request>>::Future,
+    tower_http::compression::ResponseFuture<
+        <S as Service<Request>>::Future,
+        tower_http::compression::DefaultPredicate,
+    >,
+>;
+
+/// The body limit, the rate limiter's plan and the handler's future.
+fn prepare<S>(shared: &Shared, inner: &mut S, mut req: Request) -> Prepared<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    if declared_length(&req).is_some_and(|n| n > shared.body_limit as u64) {
+        return Handling::Refused(ApiError::PayloadTooLarge.into_response());
+    }
+    // Extractors cut undeclared (chunked) bodies at the limit; a request without a body has
+    // nothing to cut, and most requests have none.
+    if req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        DefaultBodyLimit::max(shared.body_limit).apply(&mut req);
+    }
+    let plan = shared.gate.as_ref().and_then(|gate| gate.plan(&req));
+    let compress = req.headers().contains_key(header::ACCEPT_ENCODING);
+    // Making a handler's future runs no handler code, but a panic here is caught all the same.
+    let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if compress {
+            // tower-http negotiates the encoding (and answers 406 when none is acceptable).
+            Handler::Compressed {
+                future: Compression::new(&mut *inner).call(req),
+            }
+        } else {
+            Handler::Plain {
+                future: inner.call(req),
+            }
+        }
+    }));
+    match made {
+        Ok(handler) => Handling::Ready { handler, plan },
+        Err(_) => Handling::Refused(panicked()),
+    }
+}
+
+/// Rate limit, the handler (panics caught) and the timeout: the response to send.
+async fn respond<F, C, B>(shared: &Shared, handling: Handling<F, C>, started: Instant) -> Response
+where
+    F: Future<Output = Result<Response, Infallible>>,
+    C: Future<Output = Result<Response<B>, Infallible>>,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let (handler, plan) = match handling {
+        Handling::Refused(response) => return response,
+        Handling::Ready { handler, plan } => (handler, plan),
+    };
+    let work = async {
+        let counted = match (&shared.gate, plan) {
+            (Some(gate), Some(plan)) => match gate.admit(plan).await {
+                Admission::Refused(response) => return response,
+                Admission::Admitted(counted) => Some(counted),
+            },
+            _ => None,
+        };
+        let mut response = handler.await;
+        if let (Some(gate), Some(counted)) = (&shared.gate, &counted) {
+            gate.stamp(counted, response.headers_mut());
+        }
+        response
+    };
+    let deadline = tokio::time::Instant::from_std(started) + shared.timeout;
+    Deadline::new(CatchPanic::new(work), deadline)
+        .await
+        .unwrap_or_else(|| ApiError::Timeout.into_response())
+}
+
+/// problem+json, the response headers, metrics and the log line.
+fn finish(
+    response: Response,
+    started: Instant,
+    method: &'static str,
+    matched: Option<&MatchedPath>,
+    request_id: &HeaderValue,
+) -> Response {
+    let mut response = problemize(response);
     let headers = response.headers_mut();
     add_security_headers(headers);
     if !headers.contains_key(X_REQUEST_ID) {
@@ -140,7 +270,7 @@ where
     }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let route = matched.map_or("unmatched", MatchedPath::as_str);
     record(route, method, status, elapsed);
     crate::telemetry::history::HTTP.record(status, elapsed);
     let request_id = request_id.to_str().unwrap_or_default();
@@ -154,55 +284,9 @@ where
     response
 }
 
-/// Body limit, rate limit, the handler, the timeout and compression: the response to send.
-async fn respond<S>(shared: &Shared, inner: S, mut req: Request, started: Instant) -> Response
-where
-    S: Service<Request, Response = Response, Error = Infallible> + Send,
-    S::Future: Send,
-{
-    if declared_length(&req).is_some_and(|n| n > shared.body_limit as u64) {
-        return ApiError::PayloadTooLarge.into_response();
-    }
-    // Extractors cut undeclared (chunked) bodies at the limit; a request without a body has
-    // nothing to cut, and most requests have none.
-    if req.headers().contains_key(header::CONTENT_LENGTH)
-        || req.headers().contains_key(header::TRANSFER_ENCODING)
-    {
-        DefaultBodyLimit::max(shared.body_limit).apply(&mut req);
-    }
-    let compress = req.headers().contains_key(header::ACCEPT_ENCODING);
-    let plan = shared.gate.as_ref().and_then(|gate| gate.plan(&req));
-    let work = async {
-        let counted = match (&shared.gate, plan) {
-            (Some(gate), Some(plan)) => match gate.admit(plan).await {
-                Admission::Refused(response) => return response,
-                Admission::Admitted(counted) => Some(counted),
-            },
-            _ => None,
-        };
-        let mut response = if compress {
-            // tower-http negotiates the encoding (and answers 406 when none is acceptable).
-            match Compression::new(inner).oneshot(req).await {
-                Ok(response) => response.map(Body::new),
-                Err(never) => match never {},
-            }
-        } else {
-            let mut response = match inner.oneshot(req).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            vary_if_compressible(&mut response);
-            response
-        };
-        if let (Some(gate), Some(counted)) = (&shared.gate, &counted) {
-            gate.stamp(counted, response.headers_mut());
-        }
-        response
-    };
-    let deadline = tokio::time::Instant::from_std(started) + shared.timeout;
-    Deadline::new(CatchPanic::new(work), deadline)
-        .await
-        .unwrap_or_else(|| ApiError::Timeout.into_response())
+fn panicked() -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
 fn declared_length(req: &Request) -> Option<u64> {
@@ -338,10 +422,7 @@ impl<F: Future<Output = Response>> Future for CatchPanic<F> {
         let work = self.project().work;
         match std::panic::catch_unwind(AssertUnwindSafe(|| work.poll(cx))) {
             Ok(poll) => poll,
-            Err(_) => {
-                tracing::error!("handler panicked");
-                Poll::Ready(ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response())
-            }
+            Err(_) => Poll::Ready(panicked()),
         }
     }
 }
@@ -563,7 +644,8 @@ const SECURITY_HEADERS: [(HeaderName, HeaderValue); 12] = [
 /// The security headers as one map, cloned per response: cheaper than inserting twelve
 /// headers (each hashed, some growing the map) into every response.
 static SECURITY: LazyLock<HeaderMap> = LazyLock::new(|| {
-    let mut headers = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 8);
+    // Room for what handlers and the edge add, so a response does not grow it again.
+    let mut headers = HeaderMap::with_capacity(SECURITY_HEADERS.len() + 12);
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, value);
     }

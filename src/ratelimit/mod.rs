@@ -601,19 +601,27 @@ impl Gate {
         let Some(policy) = self.limiter.policies[counted.tiers.mask()].clone() else {
             return;
         };
-        let mut state = String::with_capacity(48);
+        // At most two tiers: `"key_creation";r=4294967295;t=18446744073709551` twice fits.
+        let mut state = [0u8; 160];
+        let mut len = 0;
+        let mut put = |s: &str| {
+            if let Some(to) = state.get_mut(len..len + s.len()) {
+                to.copy_from_slice(s.as_bytes());
+            }
+            len += s.len();
+        };
         for (i, (tier, d)) in counted.decided().enumerate() {
             if i > 0 {
-                state.push_str(", ");
+                put(", ");
             }
-            state.push('"');
-            state.push_str(tier.name());
-            state.push_str("\";r=");
-            state.push_str(itoa::Buffer::new().format(d.remaining));
-            state.push_str(";t=");
-            state.push_str(itoa::Buffer::new().format(d.reset_ms.div_ceil(1000)));
+            put("\"");
+            put(tier.name());
+            put("\";r=");
+            put(itoa::Buffer::new().format(d.remaining));
+            put(";t=");
+            put(itoa::Buffer::new().format(d.reset_ms.div_ceil(1000)));
         }
-        if let Ok(state) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(state)) {
+        if let Some(Ok(state)) = state.get(..len).map(HeaderValue::from_bytes) {
             headers.insert(RATELIMIT_POLICY, policy);
             headers.insert(RATELIMIT, state);
         }
