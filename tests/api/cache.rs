@@ -318,8 +318,22 @@ async fn a_write_on_one_instance_is_visible_on_another_within_a_second() {
         "B still lets a suspended account in after 1 s"
     );
 
-    // Redis is the shared layer: a value A loaded is a Redis hit on B.
+    // Redis is the shared layer: a value A loaded is a Redis hit on B. A writes it to Redis
+    // in the background: B asks once it is there (asked before, B would load it itself).
     a.get("/api/v1/users/checker", None).await.assert(200);
+    let profiles = redis.key("cache:profiles:*");
+    let written = within(Duration::from_secs(5), || async {
+        let keys: Vec<String> = fred::interfaces::ClientLike::custom(
+            &redis.cmd(),
+            fred::cmd!("KEYS"),
+            vec![profiles.clone()],
+        )
+        .await
+        .unwrap();
+        !keys.is_empty()
+    })
+    .await;
+    assert!(written.is_some(), "A wrote the profile to Redis");
     let redis_hits = namespace(&b, "profiles").redis_hits;
     let loaded = within(Duration::from_secs(5), || async {
         b.get("/api/v1/users/checker", None).await;
