@@ -186,6 +186,17 @@ class Bench:
                 runs[name].append(self.measured(proc, lambda: wrk(url, conns, secs)))
         return runs
 
+    def alternate(self, server: Process, service, reference):
+        """The service's load and a reference load (pgbench) in turn, ROUNDS times, each
+        DURATION / ROUNDS s: the service's (result, CPU %) per round, and the reference's
+        throughput per round in the same shape."""
+        secs = max(2, round(DURATION / ROUNDS))
+        runs, refs = [], []
+        for _ in range(ROUNDS):
+            runs.append(self.measured(server, lambda: service(secs)))
+            refs.append(({"rps": reference(secs), "errors": 0}, 0.0))
+        return runs, refs
+
     def start_bare(self, body: Path | None = None) -> tuple[Process, str]:
         port = free_port()
         args = [str(BARE), f"127.0.0.1:{port}"] + ([str(body)] if body else [])
@@ -307,15 +318,17 @@ def bench_backend(b: Bench, backend: str, env: dict, ids_of, pg_url: str | None,
     mix.write_text("1\tGET\t/api/v1/claims/{id}\t-\t-\n")
     clients = 32
     uncached, ubase, _ = b.start_app(backend + "-uncached", {**env, "CACHE_DEFAULT_TTL": "0s"})
-    r, cpu = b.measured(uncached, lambda: loadgen(["--addr", ubase[7:], "--mix", str(mix), "--ids", str(ids_file),
-                                                   "--connections", str(clients), "--duration", str(DURATION)],
-                                                  DURATION + 60))
+    read = lambda secs: loadgen(["--addr", ubase[7:], "--mix", str(mix), "--ids", str(ids_file),
+                                 "--connections", str(clients), "--duration", str(secs)], secs + 60)
     if pg_url:
-        pgb = pgbench_select(pg_url, clients)
-        ratio = r["rps"] / pgb
+        # The service and pgbench in turn, round after round, as in Bench.rotate.
+        runs, refs = b.alternate(uncached, read, lambda secs: pgbench_select(pg_url, clients, secs))
+        r, cpu, ratio = median_run(runs, refs)
+        pgb = median_run(refs)[0]["rps"]
         b.row(f"uncached point read GET /claims/{{id}} (pgbench -S {pgb:.0f} tps)", backend, r, uncached, cpu,
               ratio, ">= 0.4 x pgbench -S", "met" if ratio >= 0.4 and r["errors"] == 0 else "MISSED")
     else:
+        r, cpu = b.measured(uncached, lambda: read(DURATION))
         b.row("uncached point read GET /claims/{id}", backend, r, uncached, cpu)
     uncached.stop()
     if pg_url:
@@ -332,16 +345,18 @@ def bench_backend(b: Bench, backend: str, env: dict, ids_of, pg_url: str | None,
     mix = b.work / f"{backend}-write.tsv"
     body = '{"text":"Bench claim {n}: the new bridge on the river cost twice its budget","category":"economy"}'
     mix.write_text(f"1\tPOST\t/api/v1/claims\t{token}\t{body}\n")
-    r, cpu = b.measured(app, lambda: loadgen(["--addr", base[7:], "--mix", str(mix), "--connections", str(clients),
-                                              "--duration", str(DURATION)], DURATION + 60))
+    write = lambda secs: loadgen(["--addr", base[7:], "--mix", str(mix), "--connections", str(clients),
+                                  "--duration", str(secs)], secs + 60)
     if pg_url:
         submitter = subprocess.run(["psql", pg_url, "-qAtc", f"SELECT id FROM {schema}.users WHERE username = 'benchuser'"],
                                    capture_output=True, text=True, check=True).stdout.strip()
-        pgb = pgbench_insert(pg_url, clients, schema, submitter)
-        ratio = r["rps"] / pgb
+        runs, refs = b.alternate(app, write, lambda secs: pgbench_insert(pg_url, clients, schema, submitter, secs))
+        r, cpu, ratio = median_run(runs, refs)
+        pgb = median_run(refs)[0]["rps"]
         b.row(f"write POST /claims (pgbench insert {pgb:.0f} tps)", backend, r, app, cpu, ratio,
               ">= 0.4 x pgbench insert", "met" if ratio >= 0.4 and r["errors"] == 0 else "MISSED")
     else:
+        r, cpu = b.measured(app, lambda: write(DURATION))
         b.row("write POST /claims", backend, r, app, cpu)
 
     # Mixed realistic traffic at a fixed 10,000 requests/s.
@@ -430,14 +445,14 @@ def with_database(url: str, name: str) -> str:
 PGBENCH_DB = f"hakikisha_pgbench_{os.getpid()}"
 
 
-def pgbench_select(url: str, clients: int) -> float:
+def pgbench_select(url: str, clients: int, secs: int) -> float:
     out = subprocess.run(["pgbench", "-S", "-M", "prepared", "-n", "-c", str(clients), "-j", "2",
-                          "-T", str(DURATION), with_database(url, PGBENCH_DB)],
-                         capture_output=True, text=True, timeout=DURATION + 60, check=True).stdout
+                          "-T", str(secs), with_database(url, PGBENCH_DB)],
+                         capture_output=True, text=True, timeout=secs + 60, check=True).stdout
     return float(re.search(r"tps = ([0-9.]+)", out).group(1))
 
 
-def pgbench_insert(url: str, clients: int, schema: str, submitter: str) -> float:
+def pgbench_insert(url: str, clients: int, schema: str, submitter: str, secs: int) -> float:
     script = Path(tempfile.mkstemp(suffix=".sql")[1])
     # The row a submission inserts, into the service's own claims table (same indexes, same
     # foreign key to the same submitter), one autocommitted INSERT per transaction.
@@ -445,9 +460,12 @@ def pgbench_insert(url: str, clients: int, schema: str, submitter: str) -> float
         f"INSERT INTO {schema}.claims (id, submitter_id, text, text_hash, category, status, priority, created_at, updated_at) "
         f"VALUES (gen_random_uuid(), '{submitter}', 'Bench claim ' || random() || ': the new bridge on the river cost twice its budget', "
         "md5(random()::text), 'economy', 'pending', 0, now(), now());\n")
-    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-f", str(script), "-c", str(clients), "-j", "2",
-                          "-T", str(DURATION), url],
-                         capture_output=True, text=True, timeout=DURATION + 60, check=True).stdout
+    try:
+        out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-f", str(script), "-c", str(clients), "-j", "2",
+                              "-T", str(secs), url],
+                             capture_output=True, text=True, timeout=secs + 60, check=True).stdout
+    finally:
+        script.unlink(missing_ok=True)
     return float(re.search(r"tps = ([0-9.]+)", out).group(1))
 
 
