@@ -192,8 +192,12 @@ impl<W: Write> TextFields<'_, W> {
 
 impl<W: Write> Visit for TextFields<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        // Quoted only when it has to be (logfmt): `route=/api/health`, `job="a b"`.
-        if field.name() == "message" || !needs_quotes(value) {
+        // Quoted only when it has to be (logfmt): `route=/api/health`, `job="a b"`. Most values
+        // (ids, routes, names) need neither quotes nor escapes: one pass tells.
+        let plain = !value.is_empty() && !value.bytes().fold(false, |f, b| f | needs_care(b));
+        if plain {
+            self.put(field, |w| w.write_str(value));
+        } else if field.name() == "message" || !needs_quotes(value) {
             self.put(field, |w| text_escaped(w, value));
         } else {
             self.put(field, |w| text_quoted(w, value));
@@ -315,14 +319,16 @@ fn text_escaped(w: &mut impl Write, s: &str) -> fmt::Result {
 /// Whether a text value must be quoted to read back as one value. (A fold rather than `any`:
 /// without the early exit the compiler checks many bytes at once.)
 fn needs_quotes(s: &str) -> bool {
-    s.is_empty()
-        || s.bytes().fold(false, |found, b| {
-            found | is_control(b) | (b == b' ') | (b == b'"') | (b == b'=') | (b == b'\\')
-        })
+    s.is_empty() || s.bytes().fold(false, |found, b| found | needs_care(b))
 }
 
 fn is_control(b: u8) -> bool {
     (b < 0x20) | (b == 0x7f)
+}
+
+/// A byte that makes a text value need quotes or escapes.
+fn needs_care(b: u8) -> bool {
+    is_control(b) | (b == b' ') | (b == b'"') | (b == b'=') | (b == b'\\')
 }
 
 /// [`text_escaped`] inside double quotes, which also escapes `"` and `\`.
