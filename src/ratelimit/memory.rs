@@ -7,13 +7,13 @@
 //! blocked is evicted (so flooding with new addresses cannot cheaply free a blocked client).
 
 use std::{
-    hash::{BuildHasher, Hash, Hasher, RandomState},
+    hash::{BuildHasher, RandomState},
     sync::{Mutex, MutexGuard},
 };
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashMap;
 
-use super::{BlockedClient, Decision, Outcome, Rule, TierId};
+use super::{BlockedClient, Decision, Lookup, Outcome, Rule, TierId};
 
 const SHARDS: usize = 16;
 
@@ -30,23 +30,6 @@ struct Entry {
 }
 
 type Shard = HashMap<(TierId, Box<str>), Entry, RandomState>;
-
-/// A borrowed `(tier, client)` key: looks an entry up without allocating the owned key.
-struct Lookup<'a>(TierId, &'a str);
-
-impl Hash for Lookup<'_> {
-    // The same hash as the owned `(TierId, Box<str>)`, field by field.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-        self.1.hash(state);
-    }
-}
-
-impl Equivalent<(TierId, Box<str>)> for Lookup<'_> {
-    fn equivalent(&self, key: &(TierId, Box<str>)) -> bool {
-        self.0 == key.0 && self.1 == &*key.1
-    }
-}
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,

@@ -34,6 +34,24 @@ pub use tiers::TierId;
 
 use crate::{config::Config, error::ApiError, redis::Redis, state::AppState};
 
+/// A borrowed `(tier, client)` key: both stores keep `(TierId, Box<str>)` keys and look them
+/// up with this, so a decision allocates no key.
+struct Lookup<'a>(TierId, &'a str);
+
+impl std::hash::Hash for Lookup<'_> {
+    // The same hash as the owned `(TierId, Box<str>)`, field by field.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<(TierId, Box<str>)> for Lookup<'_> {
+    fn equivalent(&self, key: &(TierId, Box<str>)) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
+
 /// Repeat offences within this period double the block.
 pub const OFFENCE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 

@@ -27,7 +27,7 @@
 //! script is sent as a custom `EVALSHA` on `cmd()` and loaded on `NOSCRIPT` the same way.
 
 use std::{
-    hash::{BuildHasher, Hash, Hasher, RandomState},
+    hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
@@ -35,7 +35,7 @@ use std::{
     time::Duration,
 };
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashMap;
 
 use fred::{
     interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface},
@@ -44,7 +44,7 @@ use fred::{
 
 use tokio::sync::oneshot;
 
-use super::{BlockedClient, Decision, Outcome, Rule, TierId};
+use super::{BlockedClient, Decision, Lookup, Outcome, Rule, TierId};
 use crate::{batch::Batcher, redis::Redis};
 
 /// One script call decides a batch of requests, in order: KEYS are (client hash, blocked set)
@@ -575,23 +575,6 @@ type LeaseShard = HashMap<(TierId, Box<str>), Lease, RandomState>;
 struct Leases {
     shards: Box<[Mutex<LeaseShard>]>,
     hasher: RandomState,
-}
-
-/// A borrowed `(tier, client)` key, to look a lease up without allocating.
-struct Lookup<'a>(TierId, &'a str);
-
-impl Hash for Lookup<'_> {
-    // The same hash as the owned `(TierId, Box<str>)`, field by field.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-        self.1.hash(state);
-    }
-}
-
-impl Equivalent<(TierId, Box<str>)> for Lookup<'_> {
-    fn equivalent(&self, key: &(TierId, Box<str>)) -> bool {
-        self.0 == key.0 && self.1 == &*key.1
-    }
 }
 
 /// Forgets a renewing lease unless disarmed (with `mem::forget`) by the install.

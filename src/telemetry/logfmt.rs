@@ -96,7 +96,7 @@ impl LineFormat {
             w.push_str("\",\"level\":\"");
             w.push_str(level.as_str());
             w.push('"');
-            let mut fields = JsonFields { w, result: Ok(()) };
+            let mut fields = Fields::<Json>::new(w);
             event.record(&mut fields);
             fields.result?;
             w.push_str(",\"target\":");
@@ -108,7 +108,7 @@ impl LineFormat {
             w.push(' ');
             w.push_str(target);
             w.push(':');
-            let mut fields = TextFields { w, result: Ok(()) };
+            let mut fields = Fields::<Text>::new(w);
             event.record(&mut fields);
             fields.result?;
             w.push('\n');
@@ -167,131 +167,147 @@ fn timestamp(w: &mut impl Write) -> fmt::Result {
     w.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
 }
 
-/// `key=value` pairs after the message, as tracing-subscriber's compact format writes them.
-struct TextFields<'a, W> {
-    w: &'a mut W,
-    result: fmt::Result,
+/// How a format writes a field: the text format's ` key=value`, JSON's `,"key":value`.
+trait Style {
+    /// What comes before the value.
+    fn key(w: &mut String, field: &Field);
+    fn string(w: &mut String, field: &Field, value: &str) -> fmt::Result;
+    fn float(w: &mut String, value: f64) -> fmt::Result;
+    /// A value only `core::fmt` can write (an error, a `Debug` value).
+    fn formatted(w: &mut String, value: fmt::Arguments<'_>) -> fmt::Result;
 }
 
-impl<W: Write> TextFields<'_, W> {
-    fn key(&mut self, field: &Field) -> fmt::Result {
-        self.w.write_char(' ')?;
+/// `key=value` pairs after the message, as tracing-subscriber's compact format writes them.
+struct Text;
+
+impl Style for Text {
+    fn key(w: &mut String, field: &Field) {
+        w.push(' ');
         if field.name() != "message" {
-            self.w.write_str(field.name())?;
-            self.w.write_char('=')?;
+            w.push_str(field.name());
+            w.push('=');
         }
+    }
+
+    fn string(w: &mut String, field: &Field, value: &str) -> fmt::Result {
+        // Quoted only when it has to be (logfmt): `route=/api/health`, `job="a b"`. Most values
+        // (ids, routes, names) need neither quotes nor escapes: one pass tells.
+        if !value.is_empty() && !value.bytes().fold(false, |f, b| f | needs_care(b)) {
+            w.push_str(value);
+            Ok(())
+        } else if field.name() == "message" || !needs_quotes(value) {
+            text_escaped(w, value)
+        } else {
+            text_quoted(w, value)
+        }
+    }
+
+    fn float(w: &mut String, value: f64) -> fmt::Result {
+        w.push_str(ryu::Buffer::new().format(value));
         Ok(())
     }
 
-    fn put(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| value(self.w));
-        }
-    }
-}
-
-impl<W: Write> Visit for TextFields<'_, W> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        // Quoted only when it has to be (logfmt): `route=/api/health`, `job="a b"`. Most values
-        // (ids, routes, names) need neither quotes nor escapes: one pass tells.
-        let plain = !value.is_empty() && !value.bytes().fold(false, |f, b| f | needs_care(b));
-        if plain {
-            self.put(field, |w| w.write_str(value));
-        } else if field.name() == "message" || !needs_quotes(value) {
-            self.put(field, |w| text_escaped(w, value));
-        } else {
-            self.put(field, |w| text_quoted(w, value));
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, |w| w.write_str(ryu::Buffer::new().format(value)));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, |w| w.write_str(if value { "true" } else { "false" }));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, |w| write!(Escaping(w, text_escaped), "{value}"));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, |w| write!(Escaping(w, text_escaped), "{value:?}"));
+    fn formatted(w: &mut String, value: fmt::Arguments<'_>) -> fmt::Result {
+        Escaping(w, text_escaped).write_fmt(value)
     }
 }
 
 /// `,"key":value` members of the line's object.
-struct JsonFields<'a, W> {
-    w: &'a mut W,
-    result: fmt::Result,
+struct Json;
+
+impl Style for Json {
+    fn key(w: &mut String, field: &Field) {
+        w.push(',');
+        // Field names are Rust identifiers: nothing to escape.
+        w.push('"');
+        w.push_str(field.name());
+        w.push_str("\":");
+    }
+
+    fn string(w: &mut String, _field: &Field, value: &str) -> fmt::Result {
+        json_str(w, value)
+    }
+
+    fn float(w: &mut String, value: f64) -> fmt::Result {
+        if value.is_finite() {
+            w.push_str(ryu::Buffer::new().format_finite(value));
+        } else {
+            w.push_str("null");
+        }
+        Ok(())
+    }
+
+    fn formatted(w: &mut String, value: fmt::Arguments<'_>) -> fmt::Result {
+        w.push('"');
+        match value.as_str() {
+            Some(text) => json_escaped(w, text)?,
+            None => Escaping(&mut *w, json_escaped).write_fmt(value)?,
+        }
+        w.push('"');
+        Ok(())
+    }
 }
 
-impl<W: Write> JsonFields<'_, W> {
-    fn put(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = (|| {
-                self.w.write_char(',')?;
-                json_str(self.w, field.name())?;
-                self.w.write_char(':')?;
-                value(self.w)
-            })();
+/// The event's fields in a [`Style`]; the first error stops the line.
+struct Fields<'a, S> {
+    w: &'a mut String,
+    result: fmt::Result,
+    style: std::marker::PhantomData<S>,
+}
+
+impl<'a, S: Style> Fields<'a, S> {
+    fn new(w: &'a mut String) -> Self {
+        Self {
+            w,
+            result: Ok(()),
+            style: std::marker::PhantomData,
         }
     }
 
-    fn put_string(&mut self, field: &Field, value: fmt::Arguments<'_>) {
-        self.put(field, |w| {
-            w.write_char('"')?;
-            match value.as_str() {
-                Some(text) => json_escaped(w, text)?,
-                None => Escaping(&mut *w, json_escaped).write_fmt(value)?,
-            }
-            w.write_char('"')
-        });
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
+        if self.result.is_ok() {
+            S::key(self.w, field);
+            self.result = value(self.w);
+        }
     }
 }
 
-impl<W: Write> Visit for JsonFields<'_, W> {
+impl<S: Style> Visit for Fields<'_, S> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, |w| json_str(w, value));
+        self.put(field, |w| S::string(w, field, value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
         self.put(field, |w| {
-            if value.is_finite() {
-                w.write_str(ryu::Buffer::new().format_finite(value))
-            } else {
-                w.write_str("null")
-            }
+            w.push_str(itoa::Buffer::new().format(value));
+            Ok(())
         });
     }
 
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, |w| {
+            w.push_str(itoa::Buffer::new().format(value));
+            Ok(())
+        });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, |w| S::float(w, value));
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.put(field, |w| {
+            w.push_str(if value { "true" } else { "false" });
+            Ok(())
+        });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put_string(field, format_args!("{value}"));
+        self.put(field, |w| S::formatted(w, format_args!("{value}")));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put_string(field, format_args!("{value:?}"));
+        self.put(field, |w| S::formatted(w, format_args!("{value:?}")));
     }
 }
 

@@ -806,6 +806,17 @@ async fn limiter_overhead() {
         let per = started.elapsed() / N;
         assert!(!redis.in_fallback());
         eprintln!("redis store (sequential round trips): {N} decisions, {per:?} per decision");
+        // One busy client: answered from leases, a script call now and then.
+        let calls = redis.redis_calls();
+        let started = Instant::now();
+        for _ in 0..N {
+            redis.check(TierId::General, "ip:10.1.1.1").await;
+        }
+        let per = started.elapsed() / N;
+        eprintln!(
+            "redis store, one busy client (leases): {N} decisions, {per:?} per decision, {} script calls",
+            redis.redis_calls() - calls
+        );
     }
     // End to end: sequential requests to a cheap /api route (404) with the limiter on and off.
     for enabled in ["false", "true"] {
