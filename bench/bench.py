@@ -279,9 +279,9 @@ def bench_backend(b: Bench, backend: str, env: dict, ids_of, pg_url: str | None,
     bare, bare_base = b.start_bare()
     runs = b.rotate([
         ("bare", bare, bare_base + "/api/health"),
+        ("health", app, base + "/api/health"),
         ("headers", bare, bare_base + "/api/health/headers"),
         ("logged", bare, bare_base + "/api/health/logged"),
-        ("health", app, base + "/api/health"),
     ], c)
     r, cpu, _ = median_run(runs["bare"])
     b.row(f"bare axum GET /api/health (baseline for {backend})", "-", r, bare, cpu, 1.0)
@@ -301,11 +301,14 @@ def bench_backend(b: Bench, backend: str, env: dict, ids_of, pg_url: str | None,
     bare, bare_base = b.start_bare(body)
     runs = b.rotate([
         ("bare", bare, bare_base + "/api/health"),
-        ("body", bare, bare_base + "/body"),
         ("trending", app, base + "/api/v1/claims/trending"),
+        ("body", bare, bare_base + "/body"),
+        ("dressed", bare, bare_base + "/body/dressed"),
     ], c)
     r, cpu, ratio = median_run(runs["body"], runs["bare"])
     b.row(f"bare axum sending the trending body ({size:,} bytes)", "-", r, bare, cpu, ratio)
+    r, cpu, ratio = median_run(runs["dressed"], runs["bare"])
+    b.row("  the same body with the service's headers of a cached read and its log line", "-", r, bare, cpu, ratio)
     bare.stop()
     r, cpu, ratio = median_run(runs["trending"], runs["bare"])
     _, _, vs_body = median_run(runs["trending"], runs["body"])

@@ -12,7 +12,9 @@
 //!
 //! Given a file, it also answers `GET /body` with that file's bytes as JSON: the bench serves
 //! the service's own trending response this way, to show what sending a body of that size costs
-//! a server that does nothing else.
+//! a server that does nothing else; and `GET /body/dressed` the same bytes as the service sends
+//! a cached read (its caching and rate-limit headers, the headers above, the log line), to show
+//! what the contract alone costs a cached read.
 //!
 //!     cargo run --release --example bare_axum -- 127.0.0.1:18080 [body.json]
 
@@ -36,9 +38,8 @@ fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "version": "bare", "uptime_seconds": 0}))
 }
 
-/// The health body with the headers the service puts on every response.
-fn dressed() -> (Response, HeaderValue) {
-    let mut response = health().into_response();
+/// `response` with the headers the service puts on every response.
+fn dress(mut response: Response) -> (Response, HeaderValue) {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id = HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -46,6 +47,36 @@ fn dressed() -> (Response, HeaderValue) {
     add_security_headers(headers);
     headers.insert(X_REQUEST_ID, id.clone());
     (response, id)
+}
+
+/// `response` dressed, with the service's request log line: the same fields, level and
+/// formatting.
+fn logged(route: &str, response: Response) -> Response {
+    let started = Instant::now();
+    let (response, id) = dress(response);
+    let request_id = id.to_str().unwrap_or_default();
+    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let (method, status) = ("GET", 200u16);
+    tracing::info!(request_id, method, route, status, latency_ms, "request");
+    response
+}
+
+/// The body as the service sends a cached read: its caching and rate-limit headers (fixed
+/// values of the same length), dressed and logged.
+fn cached_read(body: Bytes) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("etag", "W/\"4c3b2f9a0d1e6b7a8c9d0e1f2a3b4c5d\""),
+        ("cache-control", "public, max-age=60"),
+        ("vary", "authorization"),
+        ("vary", "accept-encoding"),
+        ("ratelimit-policy", "\"general\";q=1000;w=900"),
+        ("ratelimit", "\"general\";r=999;t=900"),
+    ] {
+        headers.append(name, HeaderValue::from_static(value));
+    }
+    logged("/api/v1/claims/trending", response)
 }
 
 #[tokio::main]
@@ -63,24 +94,22 @@ async fn main() -> std::io::Result<()> {
     let _logs = telemetry::init_tracing(format);
     let app = Router::new()
         .route("/api/health", get(|| async { health() }))
-        .route("/api/health/headers", get(|| async { dressed().0 }))
+        .route(
+            "/api/health/headers",
+            get(|| async { dress(health().into_response()).0 }),
+        )
         .route(
             "/api/health/logged",
-            get(|| async {
-                let started = Instant::now();
-                let (response, id) = dressed();
-                // The service's line: the same fields, level and formatting.
-                let request_id = id.to_str().unwrap_or_default();
-                let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
-                let (method, route, status) = ("GET", "/api/health/logged", 200u16);
-                tracing::info!(%request_id, %method, %route, status, latency_ms, "request");
-                response
-            }),
+            get(|| async { logged("/api/health/logged", health().into_response()) }),
         )
         .route(
             "/body",
-            get(|| async move { ([(header::CONTENT_TYPE, "application/json")], body) }),
-        );
+            get({
+                let body = body.clone();
+                || async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+        .route("/body/dressed", get(|| async move { cached_read(body) }));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     axum::serve(listener, app).await
 }
