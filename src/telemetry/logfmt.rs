@@ -350,16 +350,22 @@ fn needs_care(b: u8) -> bool {
 /// [`text_escaped`] inside double quotes, which also escapes `"` and `\`.
 fn text_quoted(w: &mut impl Write, s: &str) -> fmt::Result {
     w.write_char('"')?;
-    escape(w, s, |b| match b {
+    escape(w, s, |b| in_quotes(b, Escape::Hex))?;
+    w.write_char('"')
+}
+
+/// The escapes inside a quoted string, text or JSON: `"`, `\`, `\n`, `\r`, `\t`, and `other`
+/// for the other control characters.
+fn in_quotes(b: u8, other: Escape) -> Option<Escape> {
+    match b {
         b'"' => Some(Escape::Text("\\\"")),
         b'\\' => Some(Escape::Text("\\\\")),
         b'\n' => Some(Escape::Text("\\n")),
         b'\r' => Some(Escape::Text("\\r")),
         b'\t' => Some(Escape::Text("\\t")),
-        0..=0x1f | 0x7f => Some(Escape::Hex),
+        0..=0x1f | 0x7f => Some(other),
         _ => None,
-    })?;
-    w.write_char('"')
+    }
 }
 
 fn json_str(w: &mut impl Write, s: &str) -> fmt::Result {
@@ -370,17 +376,10 @@ fn json_str(w: &mut impl Write, s: &str) -> fmt::Result {
 
 /// Writes `s` as the inside of a JSON string.
 fn json_escaped(w: &mut impl Write, s: &str) -> fmt::Result {
-    escape(w, s, |b| match b {
-        b'"' => Some(Escape::Text("\\\"")),
-        b'\\' => Some(Escape::Text("\\\\")),
-        b'\n' => Some(Escape::Text("\\n")),
-        b'\r' => Some(Escape::Text("\\r")),
-        b'\t' => Some(Escape::Text("\\t")),
-        0..=0x1f | 0x7f => Some(Escape::Unicode),
-        _ => None,
-    })
+    escape(w, s, |b| in_quotes(b, Escape::Unicode))
 }
 
+#[derive(Clone, Copy)]
 enum Escape {
     Text(&'static str),
     /// `\x1b`
