@@ -166,6 +166,33 @@ backend_tests! {
         let res = app.client.get(format!("{}/api/health", app.base)).header("x-request-id", &too_long).send().await.unwrap();
         assert_eq!(res.headers()["x-request-id"].len(), 36, "replaced when over 200 bytes");
     }
+
+    async fn responses_are_compressed_when_asked_and_always_vary_on_accept_encoding(app) {
+        // The OpenAPI document: large, JSON, the same for everyone.
+        let url = format!("{}/api/openapi.json", app.base);
+        let plain = app.client.get(&url).send().await.unwrap();
+        assert!(!plain.headers().contains_key("content-encoding"));
+        let vary: Vec<_> = plain.headers().get_all("vary").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+        assert!(vary.iter().any(|v| v == "accept-encoding"), "{vary:?}");
+        let plain = plain.bytes().await.unwrap();
+        serde_json::from_slice::<serde_json::Value>(&plain).unwrap();
+
+        let gzipped = app.client.get(&url).header("accept-encoding", "gzip").send().await.unwrap();
+        assert_eq!(gzipped.status(), 200);
+        assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+        assert!(gzipped.headers().get_all("vary").iter().any(|v| v == "accept-encoding"));
+        assert_eq!(gzipped.headers()["x-frame-options"], "DENY", "security headers on compressed responses too");
+        assert!(gzipped.headers().contains_key("x-request-id"));
+        let gzipped = gzipped.bytes().await.unwrap();
+        assert_eq!(&gzipped[..2], &[0x1f, 0x8b], "a gzip stream");
+        assert!(gzipped.len() * 3 < plain.len(), "{} of {} bytes", gzipped.len(), plain.len());
+
+        // No acceptable encoding at all: tower-http's 406, as problem+json like every error.
+        let none = app.client.get(&url).header("accept-encoding", "identity;q=0, *;q=0").send().await.unwrap();
+        assert_eq!(none.status(), 406);
+        assert_eq!(none.headers()["content-type"], "application/problem+json");
+        assert_eq!(none.json::<serde_json::Value>().await.unwrap()["status"], 406);
+    }
 }
 
 /// Sends a login whose body arrives slowly, so the request is in flight for a while.
