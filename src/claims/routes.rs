@@ -188,12 +188,14 @@ async fn trending(
     Query(p): Query<LimitParams>,
 ) -> ApiResult<Response> {
     let limit = p.limit()?;
+    // The key is the limit alone (the namespace says the rest), formatted without allocating.
+    let mut digits = itoa::Buffer::new();
     let page = state
         .cache
         .get_or_load(
             Namespace::ClaimsTrending,
             Scope::Public,
-            &format!("limit={limit}"),
+            digits.format(limit),
             state.cache.ttls().trending,
             || async {
                 let rows = store::trending(&state.db, limit).await?;
