@@ -47,8 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let logs = telemetry::init_tracing(config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(config.bind_addr)
-                .await
+            let listener = hakikisha::http::server::listen(config.bind_addr)
                 .with_context(|| format!("cannot bind BIND_ADDR {}", config.bind_addr))?;
             hakikisha::run(config, listener, shutdown_signal()).await
         }

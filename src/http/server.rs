@@ -15,6 +15,24 @@ use tower::ServiceExt;
 
 use crate::state::Lifecycle;
 
+/// Pending connections the kernel may queue for `accept` (it caps this at
+/// `net.core.somaxconn`, 4096 on current Linux). tokio's `bind` asks for 1,024: a burst of
+/// thousands of new connections overflows that queue, and each dropped SYN costs its client a
+/// 1 s retransmit (`docs/performance.md`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// The service's listening socket, with [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub drain_delay: Duration,
@@ -114,4 +132,47 @@ async fn accept(
             tracing::debug!(error = %e, "connection ended with an error");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connections larger than tokio's default backlog (1,024) is queued by the
+    /// kernel while nothing accepts: with the default, connections past it wait for a SYN
+    /// retransmit (1 s) and miss the deadline.
+    #[tokio::test]
+    async fn a_burst_past_the_default_backlog_is_queued_not_dropped() {
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if somaxconn < 1_500 {
+            eprintln!(
+                "SKIPPED: net.core.somaxconn is {somaxconn}, the kernel caps the backlog there"
+            );
+            return;
+        }
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..1_500 {
+            connects.spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_millis(700),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+            });
+        }
+        let mut open = Vec::new();
+        while let Some(joined) = connects.join_next().await {
+            let stream = joined
+                .unwrap()
+                .expect("connect waited for a SYN retransmit");
+            open.push(stream.unwrap());
+        }
+        assert_eq!(open.len(), 1_500);
+        drop(listener);
+    }
 }
