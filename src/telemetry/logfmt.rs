@@ -192,10 +192,10 @@ impl Style for Text {
     fn string(w: &mut String, field: &Field, value: &str) -> fmt::Result {
         // Quoted only when it has to be (logfmt): `route=/api/health`, `job="a b"`. Most values
         // (ids, routes, names) need neither quotes nor escapes: one pass tells.
-        if !value.is_empty() && !value.bytes().fold(false, |f, b| f | needs_care(b)) {
+        if !needs_quotes(value) {
             w.push_str(value);
             Ok(())
-        } else if field.name() == "message" || !needs_quotes(value) {
+        } else if field.name() == "message" {
             text_escaped(w, value)
         } else {
             text_quoted(w, value)
@@ -505,6 +505,24 @@ mod tests {
         assert_eq!(v["target"], "hakikisha::telemetry::logfmt::tests");
         let ts = v["timestamp"].as_str().unwrap();
         assert!(ts.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(ts).is_ok());
+    }
+
+    #[test]
+    fn text_strings_are_quoted_only_when_they_must_be() {
+        let line = logged(LineFormat::text(), || {
+            tracing::info!(
+                plain = "x-1",
+                spaced = "a b",
+                empty = "",
+                eq = "k=v",
+                "two words"
+            );
+        });
+        let (_, rest) = line.split_once(": ").unwrap();
+        assert_eq!(
+            rest,
+            "two words plain=x-1 spaced=\"a b\" empty=\"\" eq=\"k=v\"\n"
+        );
     }
 
     #[test]
