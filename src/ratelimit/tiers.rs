@@ -106,10 +106,14 @@ pub fn classify(method: &Method, path: &str) -> Tiers {
     if rest == "health" || rest == "openapi.json" {
         return Tiers::NONE;
     }
-    // The first five path segments; `None` past the end.
+    if method != Method::POST {
+        // Every other tier is for a POST: only AI routes (`v1/ai/<anything>`) add one.
+        let specific = rest.starts_with("v1/ai/").then_some(TierId::Ai);
+        return Tiers::of(TierId::General, specific);
+    }
+    // A POST: the first five path segments; `None` past the end.
     let mut segments = rest.split('/');
     let s: [Option<&str>; 5] = std::array::from_fn(|_| segments.next());
-    let post = method == Method::POST;
     let specific = match s {
         [
             Some("v1"),
@@ -117,24 +121,24 @@ pub fn classify(method: &Method, path: &str) -> Tiers {
             Some("login" | "register" | "refresh"),
             None,
             _,
-        ] if post => Some(TierId::Auth),
+        ] => Some(TierId::Auth),
         [Some("v1"), Some("ai"), Some(_), ..] => Some(TierId::Ai),
-        [Some("v1"), Some("claims"), None, ..] if post => Some(TierId::Ai),
-        [Some("v1"), Some("keys"), None, ..] if post => Some(TierId::KeyCreation),
+        [Some("v1"), Some("claims"), None, ..] => Some(TierId::Ai),
+        [Some("v1"), Some("keys"), None, ..] => Some(TierId::KeyCreation),
         [
             Some("v1"),
             Some("keys"),
             Some("bulk"),
             Some("delete" | "status"),
             None,
-        ] if post => Some(TierId::Heavy),
+        ] => Some(TierId::Heavy),
         [
             Some("v1"),
             Some("keys"),
             Some(_),
             Some("reveal" | "rotate"),
             None,
-        ] if post => Some(TierId::Heavy),
+        ] => Some(TierId::Heavy),
         _ => None,
     };
     Tiers::of(TierId::General, specific)
@@ -174,6 +178,14 @@ mod tests {
             (&post, "/api/v1/keys/ak_1/reveal/x", &[General]),
             (&post, "/api/v1/claims/", &[General]),
             (&post, "/api/v1/auth/login/x", &[General]),
+            (&get, "/api/v1/ai", &[General]),
+            (&get, "/api/v1/aim/x", &[General]),
+            (&get, "/api/v2/ai/x", &[General]),
+            (&Method::DELETE, "/api/v1/ai/chat/1", &[General, Ai]),
+            (&Method::PATCH, "/api/v1/keys/ak_1", &[General]),
+            (&get, "/api/v1/auth/login", &[General]),
+            (&get, "/api/v1/keys/bulk/delete", &[General]),
+            (&get, "/api/v1/keys/ak_1/reveal", &[General]),
         ];
         for (method, path, expected) in cases {
             assert_eq!(&classify(method, path)[..], *expected, "{method} {path}");
