@@ -57,7 +57,14 @@ fn logged(route: &str, response: Response) -> Response {
     let request_id = id.to_str().unwrap_or_default();
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
     let (method, status) = ("GET", 200u16);
-    tracing::info!(request_id, method, route, status, latency_ms, "request");
+    tracing::info!(
+        message = "request",
+        request_id,
+        method,
+        route,
+        status,
+        latency_ms
+    );
     response
 }
 

@@ -203,12 +203,18 @@ impl Style for Text {
     }
 
     fn float(w: &mut String, value: f64) -> fmt::Result {
-        w.push_str(ryu::Buffer::new().format(value));
+        if !thousandths(w, value) {
+            w.push_str(ryu::Buffer::new().format(value));
+        }
         Ok(())
     }
 
     fn formatted(w: &mut String, value: fmt::Arguments<'_>) -> fmt::Result {
-        Escaping(w, text_escaped).write_fmt(value)
+        // A message without arguments is its literal: copied, not run through `core::fmt`.
+        match value.as_str() {
+            Some(text) => text_escaped(w, text),
+            None => Escaping(w, text_escaped).write_fmt(value),
+        }
     }
 }
 
@@ -229,7 +235,8 @@ impl Style for Json {
     }
 
     fn float(w: &mut String, value: f64) -> fmt::Result {
-        if value.is_finite() {
+        if thousandths(w, value) {
+        } else if value.is_finite() {
             w.push_str(ryu::Buffer::new().format_finite(value));
         } else {
             w.push_str("null");
@@ -246,6 +253,40 @@ impl Style for Json {
         w.push('"');
         Ok(())
     }
+}
+
+/// Writes `value` when it is a whole number of thousandths under a billion (the request
+/// latency in milliseconds, to the microsecond), exactly as ryu writes it (`1.471`, `12.5`,
+/// `3.0`), but with integer arithmetic: that is the shortest text that reads back as `value`,
+/// because every other number of as few digits is at least 0.001 away, far more than the
+/// rounding of a float under a billion. Anything else is left to ryu (`false`).
+fn thousandths(w: &mut String, value: f64) -> bool {
+    if value.is_sign_negative() || value >= 1e9 {
+        return false;
+    }
+    let scaled = (value * 1000.0).round();
+    if scaled / 1000.0 != value {
+        return false;
+    }
+    let n = scaled as u64;
+    w.push_str(itoa::Buffer::new().format(n / 1000));
+    let fraction = n % 1000;
+    let digits = [
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ];
+    // `.0` for a whole number, else the fraction without its trailing zeros.
+    let len = match fraction {
+        0 => 2,
+        f if f % 100 == 0 => 2,
+        f if f % 10 == 0 => 3,
+        _ => 4,
+    };
+    // ASCII digits and a dot.
+    w.push_str(std::str::from_utf8(&digits[..len]).unwrap_or("."));
+    true
 }
 
 /// The event's fields in a [`Style`]; the first error stops the line.
@@ -547,6 +588,66 @@ mod tests {
         assert_eq!(v["quoted"], hostile);
         assert_eq!(v["message"], "x\ny");
         assert_eq!(v["level"], "WARN");
+    }
+
+    #[test]
+    fn thousandths_are_written_as_ryu_writes_them() {
+        let check = |value: f64| {
+            let mut w = String::new();
+            if thousandths(&mut w, value) {
+                assert_eq!(w, ryu::Buffer::new().format(value), "{value:e}");
+            }
+        };
+        let mut written = 0;
+        for n in 0..3_000_000u64 {
+            let value = n as f64 / 1000.0;
+            let mut w = String::new();
+            assert!(thousandths(&mut w, value), "{n} thousandths");
+            assert_eq!(w, ryu::Buffer::new().format(value), "{n} thousandths");
+            written += 1;
+        }
+        assert_eq!(written, 3_000_000);
+        // Larger latencies, and values that are not thousandths (left to ryu).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..1_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            check((x % 1_000_000_000_000) as f64 / 1000.0);
+            check(f64::from_bits(x));
+            check((x % 1_000_000) as f64 / 997.0);
+        }
+        for value in [
+            -0.0,
+            -1.5,
+            0.0005,
+            1e9,
+            999_999_999.999,
+            1e-7,
+            f64::MAX,
+            f64::NAN,
+        ] {
+            check(value);
+        }
+        let mut w = String::new();
+        assert!(!thousandths(&mut w, -0.0) && !thousandths(&mut w, 0.0005) && w.is_empty());
+    }
+
+    #[test]
+    fn a_message_is_written_the_same_with_or_without_arguments() {
+        for format in [LineFormat::text(), LineFormat::json()] {
+            let plain = logged(format, || tracing::info!("request done"));
+            let formatted = logged(format, || tracing::info!("request {}", "done"));
+            let field = logged(format, || tracing::info!(message = "request done"));
+            let tail = |line: &str| {
+                line[line.find(" INFO").or(line.find("\"level\"")).unwrap()..].to_owned()
+            };
+            assert_eq!(tail(&plain), tail(&formatted));
+            assert_eq!(tail(&plain), tail(&field));
+            assert!(plain.contains("request done"), "{plain}");
+        }
+        let escaped = logged(LineFormat::text(), || tracing::info!("a\nb"));
+        assert!(escaped.ends_with(": a\\nb\n"), "{escaped}");
     }
 
     #[test]
