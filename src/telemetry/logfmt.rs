@@ -210,11 +210,7 @@ impl Style for Text {
     }
 
     fn formatted(w: &mut String, value: fmt::Arguments<'_>) -> fmt::Result {
-        // A message without arguments is its literal: copied, not run through `core::fmt`.
-        match value.as_str() {
-            Some(text) => text_escaped(w, text),
-            None => Escaping(w, text_escaped).write_fmt(value),
-        }
+        Escaping(w, text_escaped).write_fmt(value)
     }
 }
 
@@ -246,10 +242,7 @@ impl Style for Json {
 
     fn formatted(w: &mut String, value: fmt::Arguments<'_>) -> fmt::Result {
         w.push('"');
-        match value.as_str() {
-            Some(text) => json_escaped(w, text)?,
-            None => Escaping(&mut *w, json_escaped).write_fmt(value)?,
-        }
+        Escaping(&mut *w, json_escaped).write_fmt(value)?;
         w.push('"');
         Ok(())
     }
