@@ -29,7 +29,7 @@ use axum::{
 };
 use hakikisha::{
     config::LogFormat,
-    http::middleware::{X_REQUEST_ID, add_security_headers},
+    http::middleware::{X_REQUEST_ID, add_security_headers, log_request},
     telemetry,
 };
 use serde_json::json;
@@ -56,15 +56,7 @@ fn logged(route: &str, response: Response) -> Response {
     let (response, id) = dress(response);
     let request_id = id.to_str().unwrap_or_default();
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
-    let (method, status) = ("GET", 200u16);
-    tracing::info!(
-        message = "request",
-        request_id,
-        method,
-        route,
-        status,
-        latency_ms
-    );
+    log_request(request_id, "GET", route, 200, latency_ms);
     response
 }
 
