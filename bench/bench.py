@@ -503,6 +503,19 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def purge_redis_prefix(url: str, prefix: str):
+    """Deletes the keys the service left under `prefix` (cache generations and block lists have no
+    expiry)."""
+    try:
+        keys = subprocess.run(["redis-cli", "-u", url, "--scan", "--pattern", prefix + "*"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.split()
+        for i in range(0, len(keys), 500):
+            subprocess.run(["redis-cli", "-u", url, "del", *keys[i:i + 500]],
+                           capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"could not delete the bench's Redis keys ({prefix}*): {e}", flush=True)
+
+
 def main() -> int:
     b = Bench()
     pg_url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("HAKIKISHA_TEST_DATABASE_URL")
@@ -547,6 +560,8 @@ def main() -> int:
                 psql(pg_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             except Exception:
                 pass
+        if pg_url and redis_url:
+            purge_redis_prefix(redis_url, f"{schema}:")
 
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
