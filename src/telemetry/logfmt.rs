@@ -232,7 +232,9 @@ impl Style for Json {
 
     fn float(w: &mut String, value: f64) -> fmt::Result {
         if thousandths(w, value) {
-        } else if value.is_finite() {
+            return Ok(());
+        }
+        if value.is_finite() {
             w.push_str(ryu::Buffer::new().format_finite(value));
         } else {
             w.push_str("null");
@@ -272,7 +274,6 @@ fn thousandths(w: &mut String, value: f64) -> bool {
     ];
     // `.0` for a whole number, else the fraction without its trailing zeros.
     let len = match fraction {
-        0 => 2,
         f if f % 100 == 0 => 2,
         f if f % 10 == 0 => 3,
         _ => 4,
