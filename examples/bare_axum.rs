@@ -6,7 +6,8 @@
 //! Two more routes put back, one at a time, what the service's contract adds to every response,
 //! using the service's own code, so the bench can show what each costs by itself:
 //! - `GET /api/health/headers`: the same body plus the response headers every service response
-//!   carries (a new `X-Request-Id` and the twelve security headers);
+//!   carries (a new `X-Request-Id` and the twelve security headers), built as the service builds
+//!   its JSON answers (the security headers first, so nothing is merged afterwards);
 //! - `GET /api/health/logged`: that, plus the one structured log line per request, through the
 //!   service's log setup (`RUST_LOG`, `LOG_FORMAT` as in the service; stdout).
 //!
@@ -23,19 +24,24 @@ use std::time::Instant;
 use axum::{
     Json, Router,
     body::Bytes,
-    http::{HeaderMap, HeaderValue, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use hakikisha::{
     config::LogFormat,
-    http::middleware::{X_REQUEST_ID, add_security_headers, log_request},
+    http::middleware::{X_REQUEST_ID, add_security_headers, log_request, secured},
     telemetry,
 };
 use serde_json::json;
 
-fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "version": "bare", "uptime_seconds": 0}))
+fn health() -> serde_json::Value {
+    json!({"status": "ok", "version": "bare", "uptime_seconds": 0})
+}
+
+/// The health body as the service answers JSON: through its `Json`, security headers first.
+fn service_json() -> Response {
+    hakikisha::http::extract::Json(health()).into_response()
 }
 
 /// `response` with the headers the service puts on every response.
@@ -63,8 +69,12 @@ fn logged(route: &str, response: Response) -> Response {
 /// The body as the service sends a cached read: its caching and rate-limit headers (fixed
 /// values of the same length), dressed and logged.
 fn cached_read(body: Bytes) -> Response {
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let mut response = secured(StatusCode::OK, body);
     let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for (name, value) in [
         ("etag", "W/\"4c3b2f9a0d1e6b7a8c9d0e1f2a3b4c5d\""),
         ("cache-control", "public, max-age=60"),
@@ -92,14 +102,14 @@ async fn main() -> std::io::Result<()> {
     };
     let _logs = telemetry::init_tracing(format);
     let app = Router::new()
-        .route("/api/health", get(|| async { health() }))
+        .route("/api/health", get(|| async { Json(health()) }))
         .route(
             "/api/health/headers",
-            get(|| async { dress(health().into_response()).0 }),
+            get(|| async { dress(service_json()).0 }),
         )
         .route(
             "/api/health/logged",
-            get(|| async { logged("/api/health/logged", health().into_response()) }),
+            get(|| async { logged("/api/health/logged", service_json()) }),
         )
         .route(
             "/body",

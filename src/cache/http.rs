@@ -7,7 +7,7 @@
 use std::{convert::Infallible, sync::LazyLock, time::Duration};
 
 use axum::{
-    body::Bytes,
+    body::{Body, Bytes},
     extract::FromRequestParts,
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
@@ -15,7 +15,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::{error::ApiError, http::middleware::secured};
 
 /// Who may store a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,29 +119,26 @@ impl Conditional {
 
     /// [`Conditional::respond`] for a body rendered earlier.
     pub fn respond_rendered(&self, body: &Rendered, visibility: Visibility) -> Response {
-        let headers = [
-            (header::ETAG, body.etag.clone()),
-            (header::CACHE_CONTROL, visibility.header()),
-            // The same URL answers differently with credentials (e.g. a submitter's own claim).
-            (header::VARY, HeaderValue::from_static("authorization")),
-        ];
-        if self
+        let unchanged = self
             .if_none_match
             .as_deref()
-            .is_some_and(|given| matches(given, body.etag.to_str().unwrap_or_default()))
-        {
-            return (StatusCode::NOT_MODIFIED, headers).into_response();
-        }
-        (
-            StatusCode::OK,
-            headers,
-            [(
+            .is_some_and(|given| matches(given, body.etag.to_str().unwrap_or_default()));
+        let mut response = if unchanged {
+            secured(StatusCode::NOT_MODIFIED, Body::empty())
+        } else {
+            let mut response = secured(StatusCode::OK, body.body.clone());
+            response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
-            )],
-            body.body.clone(),
-        )
-            .into_response()
+            );
+            response
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::ETAG, body.etag.clone());
+        headers.insert(header::CACHE_CONTROL, visibility.header());
+        // The same URL answers differently with credentials (e.g. a submitter's own claim).
+        headers.insert(header::VARY, HeaderValue::from_static("authorization"));
+        response
     }
 }
 

@@ -2,12 +2,12 @@
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
-    http::{StatusCode, request::Parts},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::error::ApiError;
+use crate::{error::ApiError, http::middleware::secured};
 
 /// JSON body in, JSON out.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,9 +41,20 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// `200` with the value as JSON (a handler sets another status with a `(StatusCode, Json)`
+/// tuple), the security headers already in place; a value that cannot be serialized is a 500.
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
+        let mut body = Vec::with_capacity(128);
+        if let Err(e) = serde_json::to_writer(&mut body, &self.0) {
+            return ApiError::Internal(e.into()).into_response();
+        }
+        let mut response = secured(StatusCode::OK, body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 }
 

@@ -382,9 +382,9 @@ fn finish(
     let mut response = problemize(response);
     let headers = response.headers_mut();
     add_security_headers(headers);
-    if !headers.contains_key(X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID, request_id.clone());
-    }
+    headers
+        .entry(X_REQUEST_ID)
+        .or_insert_with(|| request_id.clone());
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     let route = matched.map_or("unmatched", MatchedPath::as_str);
@@ -731,8 +731,33 @@ static SECURITY: LazyLock<HeaderMap> = LazyLock::new(|| {
     headers
 });
 
+/// A response with the security headers already in place, so [`add_security_headers`] has
+/// nothing to merge: for the answers served most (JSON bodies, cached reads, problems). The
+/// handler's own headers go in after them, and a security header it sets replaces the default,
+/// as in the merge.
+pub fn secured(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    *response.headers_mut() = SECURITY.clone();
+    response
+}
+
+/// Whether `headers` began as the security headers ([`secured`]): its first entries carry their
+/// names, in order. Setting a name keeps its place; removing one moves the last entry into the
+/// gap (or shortens the map), which this notices.
+fn starts_secured(headers: &HeaderMap) -> bool {
+    headers.keys_len() >= SECURITY_HEADERS.len()
+        && headers
+            .keys()
+            .zip(SECURITY.keys())
+            .all(|(ours, theirs)| ours == theirs)
+}
+
 /// Sets the security headers a handler has not set itself (public for the bench baseline).
 pub fn add_security_headers(headers: &mut HeaderMap) {
+    if starts_secured(headers) {
+        return;
+    }
     let own = std::mem::replace(headers, SECURITY.clone());
     // The handler's headers win over the defaults; a repeated name keeps all its values.
     let mut last: Option<HeaderName> = None;
@@ -784,6 +809,63 @@ mod tests {
             assert_eq!(headers.get(name), Some(value), "{name}");
         }
         assert_eq!(headers.len(), SECURITY_HEADERS.len() + 3);
+    }
+
+    #[test]
+    fn a_secured_response_keeps_the_handler_s_choices_and_every_default() {
+        let mut response = secured(StatusCode::OK, "{}");
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'"),
+        );
+        headers.append(header::VARY, HeaderValue::from_static("authorization"));
+        headers.append(header::VARY, HeaderValue::from_static("cookie"));
+        assert!(starts_secured(headers));
+        let before = headers.clone();
+        add_security_headers(headers);
+        assert_eq!(*headers, before);
+        assert_eq!(
+            headers[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'"
+        );
+        for (name, value) in SECURITY_HEADERS.iter().skip(1) {
+            assert_eq!(headers.get(name), Some(value), "{name}");
+        }
+        let vary: Vec<_> = headers.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["authorization", "cookie"]);
+        assert_eq!(headers.len(), SECURITY_HEADERS.len() + 3);
+    }
+
+    #[test]
+    fn a_default_removed_from_a_secured_response_is_set_again() {
+        // A removal from the middle moves the last entry into the gap; removing the last one
+        // shortens the map. Either way the map no longer starts as the defaults do.
+        for (removed, extra) in [
+            (header::X_FRAME_OPTIONS, true),
+            (header::X_XSS_PROTECTION, false),
+        ] {
+            let mut response = secured(StatusCode::OK, "{}");
+            let headers = response.headers_mut();
+            if extra {
+                headers.insert(header::ETAG, HeaderValue::from_static("\"t\""));
+            }
+            headers.remove(&removed);
+            assert!(!starts_secured(headers), "{removed}");
+            add_security_headers(headers);
+            for (name, value) in &SECURITY_HEADERS {
+                assert_eq!(headers.get(name), Some(value), "{name}");
+            }
+            assert_eq!(headers.contains_key(header::ETAG), extra);
+        }
+        // A plain map holding the defaults in another order is merged, not taken as is.
+        let mut headers = HeaderMap::new();
+        for (name, value) in SECURITY_HEADERS.iter().rev() {
+            headers.insert(name.clone(), value.clone());
+        }
+        assert!(!starts_secured(&headers));
+        assert!(starts_secured(&SECURITY));
     }
 
     fn varies_on_encoding(headers: &HeaderMap) -> bool {
