@@ -165,6 +165,21 @@ backend_tests! {
         let too_long = "x".repeat(201);
         let res = app.client.get(format!("{}/api/health", app.base)).header("x-request-id", &too_long).send().await.unwrap();
         assert_eq!(res.headers()["x-request-id"].len(), 36, "replaced when over 200 bytes");
+        // Each way a response is built: JSON, a cached read, a problem, and a body built
+        // without the defaults (the spec), which the edge merges them into.
+        let names = [
+            "content-security-policy", "cross-origin-opener-policy", "cross-origin-resource-policy",
+            "origin-agent-cluster", "referrer-policy", "strict-transport-security",
+            "x-content-type-options", "x-dns-prefetch-control", "x-download-options",
+            "x-frame-options", "x-permitted-cross-domain-policies", "x-xss-protection",
+        ];
+        for path in ["/api/health", "/api/v1/claims/trending", "/nope", "/api/openapi.json"] {
+            let res = app.client.get(format!("{}{path}", app.base)).send().await.unwrap();
+            for name in names {
+                assert_eq!(res.headers().get_all(name).iter().count(), 1, "{path}: {name}");
+            }
+            assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1, "{path}");
+        }
     }
 
     async fn responses_are_compressed_when_asked_and_always_vary_on_accept_encoding(app) {
