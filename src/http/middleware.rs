@@ -97,13 +97,16 @@ where
         let started = Instant::now();
         let method = method_label(req.method());
         let matched = req.extensions().get::<MatchedPath>().cloned();
-        hide_credentials(req.headers_mut());
-        let request_id = request_id(&req);
+        let read = RequestHeaders::read(req.headers());
+        if read.credentials {
+            hide_credentials(req.headers_mut());
+        }
+        let request_id = read.request_id.clone();
         let in_flight = InFlight::start();
         // Everything that needs the request happens here, so the future below does not keep
         // it; the handler's future is made now (a route clones itself for it) and only polled
         // once the rate limiter has admitted the request.
-        let stage = match prepare(&self.shared, &mut self.inner, req) {
+        let stage = match prepare(&self.shared, &mut self.inner, req, &read) {
             Handling::Refused(response) => Stage::Refused {
                 response: Some(response),
             },
@@ -210,22 +213,28 @@ type Prepared<S> = Handling<
 >;
 
 /// The body limit, the rate limiter's plan and the handler's future.
-fn prepare<S>(shared: &Shared, inner: &mut S, mut req: Request) -> Prepared<S>
+fn prepare<S>(
+    shared: &Shared,
+    inner: &mut S,
+    mut req: Request,
+    read: &RequestHeaders,
+) -> Prepared<S>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    if declared_length(&req).is_some_and(|n| n > shared.body_limit as u64) {
+    if read
+        .declared_length
+        .is_some_and(|n| n > shared.body_limit as u64)
+    {
         return Handling::Refused(ApiError::PayloadTooLarge.into_response());
     }
     // Extractors cut undeclared (chunked) bodies at the limit; a request without a body has
     // nothing to cut, and most requests have none.
-    if req.headers().contains_key(header::CONTENT_LENGTH)
-        || req.headers().contains_key(header::TRANSFER_ENCODING)
-    {
+    if read.body {
         DefaultBodyLimit::max(shared.body_limit).apply(&mut req);
     }
     let plan = shared.gate.as_ref().and_then(|gate| gate.plan(&req));
-    let compress = req.headers().contains_key(header::ACCEPT_ENCODING);
+    let compress = read.accepts_encoding;
     // Making a handler's future runs no handler code, but a panic here is caught all the same.
     let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
         if compress {
@@ -427,13 +436,49 @@ fn panicked() -> Response {
     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
-fn declared_length(req: &Request) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+/// What the edge reads from a request's headers, found in one pass over them: a lookup per
+/// name (six of them) cost more than the pass over the few headers most requests carry.
+struct RequestHeaders {
+    /// `Authorization` or `Cookie` is present.
+    credentials: bool,
+    /// The first `Content-Length`, when it is a number.
+    declared_length: Option<u64>,
+    /// `Content-Length` or `Transfer-Encoding` is present: the request may have a body.
+    body: bool,
+    /// `Accept-Encoding` is present: tower-http negotiates the response's encoding.
+    accepts_encoding: bool,
+    /// The client's `X-Request-Id` when it sent a usable one, else a new UUID v4.
+    request_id: HeaderValue,
+}
+
+impl RequestHeaders {
+    fn read(headers: &HeaderMap) -> Self {
+        let mut read = Self {
+            credentials: false,
+            declared_length: None,
+            body: false,
+            accepts_encoding: false,
+            request_id: HeaderValue::from_static(""),
+        };
+        let (mut length, mut id) = (None, None);
+        for (name, value) in headers {
+            if name == header::AUTHORIZATION || name == header::COOKIE {
+                read.credentials = true;
+            } else if name == header::CONTENT_LENGTH {
+                read.body = true;
+                length.get_or_insert(value);
+            } else if name == header::TRANSFER_ENCODING {
+                read.body = true;
+            } else if name == header::ACCEPT_ENCODING {
+                read.accepts_encoding = true;
+            } else if name == X_REQUEST_ID {
+                id.get_or_insert(value);
+            }
+        }
+        read.declared_length = length.and_then(|v| v.to_str().ok()?.parse().ok());
+        read.request_id = request_id(id);
+        read
+    }
 }
 
 /// What tower-http's compression adds to a response it would have compressed had the client
@@ -494,7 +539,7 @@ fn names_encoding(vary: &HeaderValue) -> bool {
 /// `Authorization` and `Cookie` values are marked sensitive, so no `Debug` output shows them.
 fn hide_credentials(headers: &mut HeaderMap) {
     for name in [header::AUTHORIZATION, header::COOKIE] {
-        // `entry` makes room for an insert first; most requests carry neither header.
+        // `entry` makes room for an insert first; a request may carry only one of the two.
         if !headers.contains_key(&name) {
             continue;
         }
@@ -597,8 +642,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id: the client's `X-Request-Id` when it sent a usable one (a load balancer's,
 /// so logs correlate across hops), else a new UUID v4. Echoed on the response and logged.
-fn request_id(req: &Request) -> HeaderValue {
-    if let Some(id) = req.headers().get(X_REQUEST_ID)
+fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(id) = given
         && !id.is_empty()
         && id.len() <= 200
         && id.to_str().is_ok()
@@ -746,11 +791,16 @@ pub fn secured(status: StatusCode, body: impl Into<Body>) -> Response {
 /// names, in order. Setting a name keeps its place; removing one moves the last entry into the
 /// gap (or shortens the map), which this notices.
 fn starts_secured(headers: &HeaderMap) -> bool {
+    // A name copied from the defaults still points at the same static text (a map keeps its
+    // key when a value replaces another), so the comparison is nearly always one of pointers.
+    let same = |ours: &HeaderName, theirs: &HeaderName| {
+        std::ptr::eq(ours.as_str(), theirs.as_str()) || ours == theirs
+    };
     headers.keys_len() >= SECURITY_HEADERS.len()
         && headers
             .keys()
             .zip(SECURITY.keys())
-            .all(|(ours, theirs)| ours == theirs)
+            .all(|(ours, theirs)| same(ours, theirs))
 }
 
 /// Sets the security headers a handler has not set itself (public for the bench baseline).
@@ -809,6 +859,81 @@ mod tests {
             assert_eq!(headers.get(name), Some(value), "{name}");
         }
         assert_eq!(headers.len(), SECURITY_HEADERS.len() + 3);
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret-token"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("session=c00kie-one"),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("other=c00kie-two"));
+        assert!(RequestHeaders::read(&headers).credentials);
+        hide_credentials(&mut headers);
+        assert!(headers.values().all(HeaderValue::is_sensitive));
+        let shown = format!("{headers:?}");
+        for secret in ["s3cret-token", "c00kie-one", "c00kie-two"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // Only one of the two: the other is not added.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        hide_credentials(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers[header::COOKIE].is_sensitive());
+    }
+
+    #[test]
+    fn the_request_s_headers_are_read_in_one_pass() {
+        let bare = RequestHeaders::read(&HeaderMap::new());
+        assert!(!bare.credentials && !bare.body && !bare.accepts_encoding);
+        assert_eq!(bare.declared_length, None);
+        assert_eq!(bare.request_id.len(), 36, "a new UUID");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("trace-1"));
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("trace-2"));
+        let read = RequestHeaders::read(&headers);
+        assert!(read.credentials && read.body && read.accepts_encoding);
+        assert_eq!(read.declared_length, Some(12), "the first Content-Length");
+        assert_eq!(read.request_id, "trace-1", "the first X-Request-Id");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static(""));
+        let read = RequestHeaders::read(&headers);
+        assert!(read.credentials && read.body && !read.accepts_encoding);
+        assert_eq!(read.declared_length, None);
+        assert_eq!(read.request_id.len(), 36, "an empty id is replaced");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("lots"));
+        headers.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(201)).unwrap(),
+        );
+        let read = RequestHeaders::read(&headers);
+        assert!(read.body && !read.credentials);
+        assert_eq!(read.declared_length, None, "not a number");
+        assert_eq!(
+            read.request_id.len(),
+            36,
+            "an id over 200 bytes is replaced"
+        );
     }
 
     #[test]
