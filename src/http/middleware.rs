@@ -101,7 +101,6 @@ where
         if read.credentials {
             hide_credentials(req.headers_mut());
         }
-        let request_id = read.request_id.clone();
         let in_flight = InFlight::start();
         // Everything that needs the request happens here, so the future below does not keep
         // it; the handler's future is made now (a route clones itself for it) and only polled
@@ -127,7 +126,7 @@ where
             started,
             method,
             matched,
-            request_id,
+            request_id: read.request_id,
             in_flight: Some(in_flight),
         })
     }
@@ -453,31 +452,28 @@ struct RequestHeaders {
 
 impl RequestHeaders {
     fn read(headers: &HeaderMap) -> Self {
-        let mut read = Self {
-            credentials: false,
-            declared_length: None,
-            body: false,
-            accepts_encoding: false,
-            request_id: HeaderValue::from_static(""),
-        };
+        let (mut credentials, mut chunked, mut accepts_encoding) = (false, false, false);
         let (mut length, mut id) = (None, None);
         for (name, value) in headers {
             if name == header::AUTHORIZATION || name == header::COOKIE {
-                read.credentials = true;
+                credentials = true;
             } else if name == header::CONTENT_LENGTH {
-                read.body = true;
                 length.get_or_insert(value);
             } else if name == header::TRANSFER_ENCODING {
-                read.body = true;
+                chunked = true;
             } else if name == header::ACCEPT_ENCODING {
-                read.accepts_encoding = true;
+                accepts_encoding = true;
             } else if name == X_REQUEST_ID {
                 id.get_or_insert(value);
             }
         }
-        read.declared_length = length.and_then(|v| v.to_str().ok()?.parse().ok());
-        read.request_id = request_id(id);
-        read
+        Self {
+            credentials,
+            declared_length: length.and_then(|v| v.to_str().ok()?.parse().ok()),
+            body: chunked || length.is_some(),
+            accepts_encoding,
+            request_id: request_id(id),
+        }
     }
 }
 
