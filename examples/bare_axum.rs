@@ -69,12 +69,8 @@ fn logged(route: &str, response: Response) -> Response {
 /// The body as the service sends a cached read: its caching and rate-limit headers (fixed
 /// values of the same length), dressed and logged.
 fn cached_read(body: Bytes) -> Response {
-    let mut response = secured(StatusCode::OK, body);
+    let mut response = secured(StatusCode::OK, Some("application/json"), body);
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     for (name, value) in [
         ("etag", "W/\"4c3b2f9a0d1e6b7a8c9d0e1f2a3b4c5d\""),
         ("cache-control", "public, max-age=60"),

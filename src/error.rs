@@ -214,9 +214,7 @@ pub fn problem_response(
     retry_after: Option<u64>,
 ) -> Response {
     let body = serde_json::to_vec(problem).unwrap_or_default();
-    let mut res = crate::http::middleware::secured(status, body);
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    let mut res = crate::http::middleware::secured(status, Some(PROBLEM_JSON), body);
     if let Some(secs) = retry_after {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -124,14 +124,9 @@ impl Conditional {
             .as_deref()
             .is_some_and(|given| matches(given, body.etag.to_str().unwrap_or_default()));
         let mut response = if unchanged {
-            secured(StatusCode::NOT_MODIFIED, Body::empty())
+            secured(StatusCode::NOT_MODIFIED, None, Body::empty())
         } else {
-            let mut response = secured(StatusCode::OK, body.body.clone());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
+            secured(StatusCode::OK, Some("application/json"), body.body.clone())
         };
         let headers = response.headers_mut();
         headers.insert(header::ETAG, body.etag.clone());

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
-    http::{HeaderValue, StatusCode, header, request::Parts},
+    http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -49,12 +49,7 @@ impl<T: Serialize> IntoResponse for Json<T> {
         if let Err(e) = serde_json::to_writer(&mut body, &self.0) {
             return ApiError::Internal(e.into()).into_response();
         }
-        let mut response = secured(StatusCode::OK, body);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
+        secured(StatusCode::OK, Some("application/json"), body)
     }
 }
 

@@ -773,13 +773,21 @@ static SECURITY: LazyLock<HeaderMap> = LazyLock::new(|| {
 });
 
 /// A response with the security headers already in place, so [`add_security_headers`] has
-/// nothing to merge: for the answers served most (JSON bodies, cached reads, problems). The
-/// handler's own headers go in after them, and a security header it sets replaces the default,
-/// as in the merge.
-pub fn secured(status: StatusCode, body: impl Into<Body>) -> Response {
+/// nothing to merge: for the answers served most (JSON bodies, cached reads, problems). Its
+/// `Content-Type` and the handler's own headers go in after them, and a security header the
+/// handler sets replaces the default, as in the merge.
+pub fn secured(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: impl Into<Body>,
+) -> Response {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
-    *response.headers_mut() = SECURITY.clone();
+    let headers = response.headers_mut();
+    *headers = SECURITY.clone();
+    if let Some(content_type) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
     response
 }
 
@@ -940,7 +948,7 @@ mod tests {
 
     #[test]
     fn a_secured_response_keeps_the_handler_s_choices_and_every_default() {
-        let mut response = secured(StatusCode::OK, "{}");
+        let mut response = secured(StatusCode::OK, None, "{}");
         let headers = response.headers_mut();
         set_handler_headers(headers);
         assert!(starts_secured(headers));
@@ -958,7 +966,7 @@ mod tests {
             (header::X_FRAME_OPTIONS, true),
             (header::X_XSS_PROTECTION, false),
         ] {
-            let mut response = secured(StatusCode::OK, "{}");
+            let mut response = secured(StatusCode::OK, None, "{}");
             let headers = response.headers_mut();
             if extra {
                 headers.insert(header::ETAG, HeaderValue::from_static("\"t\""));
