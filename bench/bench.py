@@ -91,8 +91,7 @@ class Process:
         return 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return sum(proc_cpu(self.proc.pid))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -103,6 +102,12 @@ class Process:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process `pid` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def wrk(url: str, conns: int, seconds: int, script="bench/wrk_report.lua", threads=2) -> dict:
