@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{PublicProfile, Role, Status, User, store, tokens};
 use crate::{
-    cache::{Conditional, Namespace, Scope},
+    cache::{Conditional, Namespace, Rendered, Scope},
     db,
     error::{ApiError, ApiResult, Problem},
     http::{
@@ -425,11 +425,16 @@ async fn public_profile(
             state.cache.ttls().profiles,
             || async {
                 match store::find_by_username(&state.db, &username).await? {
-                    Some(user) if user.status == Status::Active => Ok(PublicProfile::from(&user)),
+                    // Serialized once: a hit costs no serialization. An entry an earlier
+                    // release wrote to Redis (the profile as an object) does not decode as a
+                    // rendered body and is loaded afresh, and the reverse.
+                    Some(user) if user.status == Status::Active => {
+                        Rendered::new(&PublicProfile::from(&user))
+                    }
                     _ => Err(ApiError::not_found("user")),
                 }
             },
         )
         .await?;
-    Ok(conditional.respond(&*profile.value, profile.public()))
+    Ok(conditional.respond_rendered(&profile.value, profile.public()))
 }

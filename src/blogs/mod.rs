@@ -556,6 +556,15 @@ async fn find(db: &Db, key: &str) -> Result<Option<Blog>, sqlx::Error> {
     }
 }
 
+/// What the cache holds for a published article: its id (to count the view) and the article,
+/// serialized once. An entry an earlier release wrote to Redis (the article itself) does not
+/// decode as this and is loaded afresh, and the reverse.
+#[derive(serde::Serialize, Deserialize)]
+struct PublishedBlog {
+    id: Uuid,
+    body: Rendered,
+}
+
 /// One article by slug (or id). Published articles are public and cached; drafts and archived
 /// articles are visible to their author and admins only, never cached. The path segment is
 /// shared with the id-based write routes, hence its name.
@@ -576,17 +585,21 @@ async fn by_slug(
             &format!("article:{key}"),
             state.cache.ttls().blogs,
             || async {
-                find(&state.db, &key)
+                let blog = find(&state.db, &key)
                     .await?
                     .filter(|b| b.status == BlogStatus::Published)
-                    .ok_or_else(|| ApiError::not_found("article"))
+                    .ok_or_else(|| ApiError::not_found("article"))?;
+                Ok(PublishedBlog {
+                    id: blog.id,
+                    body: Rendered::new(&blog)?,
+                })
             },
         )
         .await;
     match published {
         Ok(blog) => {
             state.views.record(ViewTable::Blogs, blog.value.id);
-            return Ok(conditional.respond(&*blog.value, blog.public()));
+            return Ok(conditional.respond_rendered(&blog.value.body, blog.public()));
         }
         // Maybe a draft or archived article of this user.
         Err(ApiError::NotFound(_)) if user.is_some() => {}

@@ -250,12 +250,15 @@ pub(crate) fn may_see(claim: &super::Claim, user: Option<&User>) -> bool {
         || user.is_some_and(|u| u.role.is_reviewer() || Some(u.id) == claim.submitter_id)
 }
 
-/// What the public cache holds for a resolved claim: its public view, and its submitter so
-/// that their own request bypasses the entry (a submitter sees both verdicts).
+/// What the public cache holds for a resolved claim: its public view, serialized once (a hit
+/// is most of the traffic and costs no serialization), and its submitter so that their own
+/// request bypasses the entry (a submitter sees both verdicts). An entry an earlier release
+/// wrote to Redis (the view as a JSON value under `view`) does not decode as this and is
+/// loaded afresh, and the reverse.
 #[derive(Serialize, Deserialize)]
 struct PublicClaim {
     submitter_id: Option<Uuid>,
-    view: serde_json::Value,
+    body: Rendered,
 }
 
 /// Loads a claim for the public cache; anything not resolved is "not found" here and never
@@ -271,7 +274,7 @@ async fn load_public(state: &AppState, id: Uuid) -> ApiResult<PublicClaim> {
     let view = ClaimView::new(claim, verdicts, false);
     Ok(PublicClaim {
         submitter_id,
-        view: serde_json::to_value(view).map_err(|e| ApiError::Internal(e.into()))?,
+        body: Rendered::new(&view)?,
     })
 }
 
@@ -319,7 +322,7 @@ async fn detail(
                     .is_none_or(|u| Some(u.id) != c.value.submitter_id) =>
             {
                 state.views.record(store::ViewTable::Claims, id);
-                return Ok(conditional.respond(&c.value.view, c.public()));
+                return Ok(conditional.respond_rendered(&c.value.body, c.public()));
             }
             // The submitter: the full view below.
             Ok(_) => {}

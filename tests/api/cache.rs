@@ -74,6 +74,7 @@ backend_tests! {
         let max_age: u64 = cache_control.strip_prefix("public, max-age=").expect(&cache_control).parse().unwrap();
         assert!(max_age <= 60);
         assert!(header_of(&first, header::VARY).contains("authorization"));
+        let loaded = first.bytes().await.unwrap();
 
         let again = get_with(&app, &path, None, Some(&etag)).await;
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
@@ -82,6 +83,8 @@ backend_tests! {
 
         let other = get_with(&app, &path, None, Some("W/\"something-else\"")).await;
         assert_eq!(other.status(), StatusCode::OK);
+        // A hit serves the body rendered when the claim was loaded, byte for byte.
+        assert_eq!(other.bytes().await.unwrap(), loaded);
 
         // The second and third reads were cache hits.
         let claims = namespace(&app, "claims");
