@@ -149,12 +149,16 @@ async fn mine(
 ) -> ApiResult<Json<Page<ClaimView>>> {
     let (limit, cursor) = p.parse()?;
     let rows = store::list_mine(&state.db, user.id, cursor, limit).await?;
-    let page = Page::from_rows(rows, limit, |c| Cursor {
+    let page = Page::from_rows(rows, limit, |(c, _)| Cursor {
         created_at: c.created_at,
         id: c.id,
     });
     Ok(Json(Page {
-        items: with_verdicts(&state, page.items, true).await?,
+        items: page
+            .items
+            .into_iter()
+            .map(|(claim, verdicts)| ClaimView::new(claim, verdicts, true))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }

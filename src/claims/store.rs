@@ -91,7 +91,7 @@ pub async fn get_primary(db: &Db, id: Uuid) -> Result<Option<Claim>, sqlx::Error
 /// A claim and its verdicts, as the uncached public read returns them.
 pub type ClaimWithVerdicts = (Claim, Vec<Verdict>);
 
-/// The claims matching `$filter` (on `id`) joined with their verdicts: one row per verdict, or
+/// The claims matching `$filter` joined with their verdicts: one row per verdict, or
 /// one row with no verdict columns.
 macro_rules! with_verdicts_sql {
     ($filter:literal) => {
@@ -362,34 +362,43 @@ pub async fn list_public(
     })
 }
 
-/// A user's own claims, newest first; `limit + 1` rows.
+/// A user's own claims and their verdicts, newest first, in one query (one round trip, one
+/// pool checkout); `limit + 1` claims.
 pub async fn list_mine(
     db: &Db,
     user: Uuid,
     cursor: Option<Cursor>,
     limit: u32,
-) -> Result<Vec<Claim>, sqlx::Error> {
+) -> Result<Vec<ClaimWithVerdicts>, sqlx::Error> {
     const FIRST: &str = concat!(
-        "SELECT ",
-        claim_columns!(),
-        " FROM claims WHERE submitter_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        with_verdicts_sql!("submitter_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"),
+        " ORDER BY c.created_at DESC, c.id DESC"
     );
     const NEXT: &str = concat!(
-        "SELECT ",
-        claim_columns!(),
-        " FROM claims WHERE submitter_id = $1 AND (created_at, id) < ($3, $4)
-         ORDER BY created_at DESC, id DESC LIMIT $2"
+        with_verdicts_sql!(
+            "submitter_id = $1 AND (created_at, id) < ($3, $4) ORDER BY created_at DESC, id DESC LIMIT $2"
+        ),
+        " ORDER BY c.created_at DESC, c.id DESC"
     );
     let sql = if cursor.is_some() { NEXT } else { FIRST };
-    db_read!(db, "claims.list_mine", sql, |pool| {
-        let mut q = sqlx::query_as::<_, Claim>(sql)
+    let rows = db_read!(db, "claims.list_mine", sql, |pool| {
+        let mut q = sqlx::query_as::<_, ClaimVerdictRow>(sql)
             .bind(user)
             .bind(i64::from(limit) + 1);
         if let Some(c) = cursor {
             q = q.bind(c.created_at).bind(c.id);
         }
         q.fetch_all(pool).await
-    })
+    })?;
+    let mut claims: Vec<ClaimWithVerdicts> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (claim, verdict) = row.into_parts()?;
+        match claims.last_mut() {
+            Some((last, verdicts)) if last.id == claim.id => verdicts.extend(verdict),
+            _ => claims.push((claim, verdict.into_iter().collect())),
+        }
+    }
+    Ok(claims)
 }
 
 /// Claims per status (served by `idx_claims_status`), for the dashboard.

@@ -145,6 +145,28 @@ backend_tests! {
         assert_eq!(claim.id.to_string(), bare);
         assert!(verdicts.is_empty());
 
+        // "Mine" reads claims and verdicts in one query (one row per verdict): a page still
+        // holds `limit` claims, each with all its verdicts, newest first.
+        let first = app.get("/api/v1/claims/mine?limit=1", Some(&citizen)).await;
+        first.assert(200);
+        assert_eq!(first.body["items"].as_array().unwrap().len(), 1);
+        assert_eq!(first.body["items"][0]["id"], bare.as_str());
+        assert!(first.body["items"][0]["human_verdict"].is_null());
+        let cursor = first.body["next_cursor"].as_str().expect("a second page");
+        let second = app.get(&format!("/api/v1/claims/mine?limit=1&cursor={cursor}"), Some(&citizen)).await;
+        second.assert(200);
+        let items = second.body["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["id"], id.as_str());
+        assert_eq!(items[0]["human_verdict"]["label"], "misleading");
+        assert_eq!(items[0]["ai_verdict"]["label"], "false");
+        assert_eq!(items[0]["verdict"]["source"], "human");
+        assert!(second.body["next_cursor"].is_null());
+        let both = app.get("/api/v1/claims/mine?limit=5", Some(&citizen)).await;
+        let ids: Vec<_> = both.body["items"].as_array().unwrap().iter().map(|c| c["id"].clone()).collect();
+        assert_eq!(ids, [json!(bare), json!(id)]);
+        assert_eq!(both.body["items"][1]["ai_verdict"]["confidence"], 0.8);
+
         // Concurrent uncached reads return what the one-claim read returns; on PostgreSQL they
         // share batched queries (`= ANY`), on SQLite each is its own query.
         let bare_id: uuid::Uuid = bare.parse().unwrap();
