@@ -364,6 +364,13 @@ pub async fn list_public(
 
 /// A user's own claims and their verdicts, newest first, in one query (one round trip, one
 /// pool checkout); `limit + 1` claims.
+///
+/// The limit is written `LIMIT (SELECT $2)` so that PostgreSQL can reuse one plan. With a
+/// plain `LIMIT $2`, each execution's custom plan knows the limit and looks cheaper than the
+/// generic plan (which assumes a tenth of the user's rows), so the statement was planned again
+/// on every request, though every plan is the same index scan; behind a subquery the limit is
+/// unknown to both, and after its first five executions the prepared statement keeps the
+/// generic plan (`docs/performance.md`). SQLite runs the same text.
 pub async fn list_mine(
     db: &Db,
     user: Uuid,
@@ -371,12 +378,12 @@ pub async fn list_mine(
     limit: u32,
 ) -> Result<Vec<ClaimWithVerdicts>, sqlx::Error> {
     const FIRST: &str = concat!(
-        with_verdicts_sql!("submitter_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"),
+        with_verdicts_sql!("submitter_id = $1 ORDER BY created_at DESC, id DESC LIMIT (SELECT $2)"),
         " ORDER BY c.created_at DESC, c.id DESC"
     );
     const NEXT: &str = concat!(
         with_verdicts_sql!(
-            "submitter_id = $1 AND (created_at, id) < ($3, $4) ORDER BY created_at DESC, id DESC LIMIT $2"
+            "submitter_id = $1 AND (created_at, id) < ($3, $4) ORDER BY created_at DESC, id DESC LIMIT (SELECT $2)"
         ),
         " ORDER BY c.created_at DESC, c.id DESC"
     );

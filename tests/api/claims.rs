@@ -6,7 +6,10 @@ use chrono::Utc;
 use hakikisha::claims::{Label, VerdictKind, store, trending};
 use serde_json::json;
 
-use crate::{backend_tests, helpers::Backend};
+use crate::{
+    backend_tests,
+    helpers::{Backend, TestApp},
+};
 
 backend_tests! {
     async fn a_claim_goes_from_submission_to_a_public_verdict_and_the_submitter_is_told(app) {
@@ -377,4 +380,59 @@ backend_tests! {
         app.get(&format!("/api/v1/claims/{}", uuid::Uuid::new_v4()), None).await.assert(404);
         app.get("/api/v1/claims?category=gossip", None).await.assert(400);
     }
+}
+
+/// PostgreSQL plans the page of "my claims" once per connection, not on every request: after
+/// its first five (custom) executions the prepared statement keeps the generic plan. Written
+/// with a plain `LIMIT $2`, the custom plans, which know the limit, looked cheaper than the
+/// generic one for a user with many claims and the statement was planned again every time
+/// (this test counted 0 generic plans of 10 with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_of_my_claims_keeps_a_generic_plan_on_postgres() {
+    // One connection, so every statement below runs in the session whose plans are read.
+    let Some(app) = TestApp::spawn_with(
+        Backend::Postgres,
+        &[("DB_POOL_MAX", "1"), ("DB_POOL_MIN", "1")],
+    )
+    .await
+    else {
+        return;
+    };
+    let hakikisha::db::Backend::Postgres(pg) = app.db.backend() else {
+        panic!("a PostgreSQL app");
+    };
+    let (user, citizen) = app.user_with_role("citizen", "user").await;
+    let user: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
+    sqlx::query(
+        "INSERT INTO claims (id, submitter_id, text, text_hash, category, status, priority, created_at, updated_at)
+         SELECT gen_random_uuid(), $1, 'Claim number ' || g || ' about the new bridge', md5(g::text), 'economy',
+                'pending', 0, now() - g * interval '1 second', now()
+         FROM generate_series(1, 20000) g",
+    )
+    .bind(user)
+    .execute(&pg.primary)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE claims")
+        .execute(&pg.primary)
+        .await
+        .unwrap();
+
+    for _ in 0..10 {
+        let page = app.get("/api/v1/claims/mine?limit=2", Some(&citizen)).await;
+        page.assert(200);
+        assert_eq!(page.body["items"].as_array().unwrap().len(), 2);
+    }
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE statement LIKE '%FROM claims WHERE submitter_id = $1 ORDER BY%'",
+    )
+    .fetch_one(&pg.primary)
+    .await
+    .unwrap();
+    assert!(
+        generic >= 4,
+        "generic plans {generic}, custom plans {custom}"
+    );
+    assert_eq!(generic + custom, 10);
 }
