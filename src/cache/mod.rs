@@ -78,10 +78,12 @@ pub enum Namespace {
     /// Signed-in accounts as the auth extractor reads them (per user, memory only: they carry
     /// the password hash).
     Accounts,
+    /// A user's unread notification count (per user).
+    Notifications,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 7] = [
+    pub const ALL: [Namespace; 8] = [
         Self::Claims,
         Self::ClaimsTrending,
         Self::Profiles,
@@ -89,6 +91,7 @@ impl Namespace {
         Self::Ai,
         Self::Keys,
         Self::Accounts,
+        Self::Notifications,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +103,7 @@ impl Namespace {
             Self::Ai => "ai",
             Self::Keys => "keys",
             Self::Accounts => "accounts",
+            Self::Notifications => "notifications",
         }
     }
 
@@ -140,7 +144,7 @@ impl std::fmt::Display for Scope {
 /// TTLs by kind of data (`CACHE_TTL_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttls {
-    /// `CACHE_DEFAULT_TTL`: anything without a TTL of its own (claim detail).
+    /// `CACHE_DEFAULT_TTL`: anything without a TTL of its own (claim detail, unread counts).
     pub default: Duration,
     pub ai: Duration,
     pub profiles: Duration,

@@ -153,7 +153,7 @@ async fn assign(
         })?;
     if !reassign && let Some(submitter) = claim.submitter_id {
         notifications::notify(
-            &state.db,
+            &state,
             submitter,
             "claim_in_review",
             "Your claim is being reviewed",
@@ -215,6 +215,10 @@ async fn resolve(
             ApiError::Conflict("the claim changed meanwhile; reload and retry".into())
         })?;
     invalidate_cached(state, claim.id).await;
+    // The verdict's notification to the submitter was written in the same transaction.
+    if let Some(submitter) = claim.submitter_id {
+        notifications::unread_changed(state, submitter).await;
+    }
     tracing::info!(claim_id = %claim.id, reviewer_id = %reviewer.id, label = %label, "claim resolved");
     let mut v = with_verdicts(state, vec![resolved], true).await?;
     v.pop()
@@ -319,7 +323,7 @@ async fn reject(
     invalidate_cached(&state, id).await;
     if let Some(submitter) = claim.submitter_id {
         notifications::notify(
-            &state.db,
+            &state,
             submitter,
             "claim_rejected",
             "Your claim was not accepted",

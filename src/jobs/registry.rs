@@ -50,7 +50,7 @@ pub fn builtin(is_postgres: bool) -> Vec<Job> {
             "Mark vault keys past their rotation interval expired and notify their owners",
             "0 2 * * *",
             10 * MINUTE,
-            |state, now| async move { crate::vault::expire_due_keys(&state.db, now).await },
+            |state, now| async move { crate::vault::expire_due_keys(&state, now).await },
         )
         .with_catch_up(),
         Job::new(

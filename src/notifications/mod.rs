@@ -1,4 +1,8 @@
 //! In-app notifications (`verdict_ready`, claim status changes): list, unread count, mark read.
+//!
+//! The unread count is cached per user (`notifications` namespace, `CACHE_DEFAULT_TTL`): every
+//! path that adds a notification or marks one read calls [`unread_changed`] once it has
+//! committed, which drops the count here, in Redis and on every other instance.
 
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
@@ -8,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    db::Db,
+    cache::{Namespace, Scope},
     db_read, db_write,
     error::{ApiError, ApiResult, Problem},
     http::{
@@ -33,15 +37,19 @@ pub struct Notification {
     pub created_at: DateTime<Utc>,
 }
 
+/// The unread count's key under the user's scope.
+const UNREAD_KEY: &str = "unread";
+
+/// Tells `user` something: inserts the notification and drops their cached unread count.
 pub async fn notify(
-    db: &Db,
+    state: &AppState,
     user: Uuid,
     kind: &str,
     title: &str,
     body: &str,
     claim: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
-    db_write!(db, "notifications.insert", INSERT_SQL, |pool| {
+    db_write!(&state.db, "notifications.insert", INSERT_SQL, |pool| {
         sqlx::query(INSERT_SQL)
             .bind(Uuid::new_v4())
             .bind(user)
@@ -53,7 +61,18 @@ pub async fn notify(
             .execute(pool)
             .await
             .map(drop)
-    })
+    })?;
+    unread_changed(state, user).await;
+    Ok(())
+}
+
+/// Drops `user`'s cached unread count here, in Redis and on every other instance. Call it
+/// after a write that adds a notification for them or marks one read has committed.
+pub async fn unread_changed(state: &AppState, user: Uuid) {
+    state
+        .cache
+        .invalidate(Namespace::Notifications, Scope::PerUser(user), UNREAD_KEY)
+        .await;
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -114,18 +133,35 @@ pub struct UnreadCount {
     pub unread: i64,
 }
 
-/// How many notifications are unread.
+/// How many notifications are unread. Cached per user; any new notification or mark-read
+/// drops the cached count.
 #[utoipa::path(get, path = "/api/v1/notifications/unread-count", tag = "notifications", security(("bearer" = [])),
     responses((status = 200, body = UnreadCount), (status = 401, body = Problem)))]
 async fn unread_count(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Json<UnreadCount>> {
+    // From the primary: right after a mark-read, a lagging replica would cache the old count.
     const SQL: &str = "SELECT COUNT(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL";
-    let unread = db_read!(&state.db, "notifications.unread_count", SQL, |pool| {
-        sqlx::query_scalar(SQL).bind(user.id).fetch_one(pool).await
-    })?;
-    Ok(Json(UnreadCount { unread }))
+    let cached = state
+        .cache
+        .get_or_load(
+            Namespace::Notifications,
+            Scope::PerUser(user.id),
+            UNREAD_KEY,
+            state.cache.ttls().default,
+            || async {
+                let unread: i64 =
+                    db_write!(&state.db, "notifications.unread_count", SQL, |pool| {
+                        sqlx::query_scalar(SQL).bind(user.id).fetch_one(pool).await
+                    })?;
+                Ok(unread)
+            },
+        )
+        .await?;
+    Ok(Json(UnreadCount {
+        unread: *cached.value,
+    }))
 }
 
 /// Mark one notification read.
@@ -150,6 +186,7 @@ async fn mark_read(
     if n == 0 {
         return Err(ApiError::not_found("notification"));
     }
+    unread_changed(&state, user.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -175,5 +212,6 @@ async fn mark_all_read(
             .await
             .map(|r| r.rows_affected())
     })?;
+    unread_changed(&state, user.id).await;
     Ok(Json(MarkedRead { marked }))
 }

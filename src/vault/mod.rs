@@ -23,7 +23,6 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    db::Db,
     error::{ApiError, ApiResult, Problem, problem_response},
     http::{
         auth::AuthUser,
@@ -1021,15 +1020,15 @@ async fn bulk_status(
 
 /// Flips active keys whose rotation interval has passed at `now` to `expired` and notifies
 /// their owners. Returns how many keys expired. For the daily key-expiration job.
-pub async fn expire_due_keys(db: &Db, now: DateTime<Utc>) -> anyhow::Result<u64> {
-    let expired = store::expire_due(db, now).await?;
+pub async fn expire_due_keys(state: &AppState, now: DateTime<Utc>) -> anyhow::Result<u64> {
+    let expired = store::expire_due(&state.db, now).await?;
     for key in &expired {
         let body = format!(
             "Your key \"{}\" for {} passed its rotation interval and is now expired. Rotate it to reactivate it.",
             key.name, key.service
         );
         if let Err(e) = crate::notifications::notify(
-            db,
+            state,
             key.owner_id,
             "key_expired",
             "API key expired",

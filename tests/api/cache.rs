@@ -47,6 +47,30 @@ fn namespace(app: &TestApp, ns: &str) -> hakikisha::cache::NamespaceStats {
         .expect("namespace in snapshot")
 }
 
+/// Writes a notification for `user` straight into the database, behind the service's back.
+async fn insert_notification(app: &TestApp, user: uuid::Uuid) {
+    macro_rules! insert {
+        ($pool:expr) => {
+            sqlx::query(hakikisha::notifications::INSERT_SQL)
+                .bind(uuid::Uuid::new_v4())
+                .bind(user)
+                .bind("test")
+                .bind("title")
+                .bind("body")
+                .bind(None::<uuid::Uuid>)
+                .bind(chrono::Utc::now())
+                .execute($pool)
+                .await
+                .map(drop)
+        };
+    }
+    match app.db.backend() {
+        hakikisha::db::Backend::Sqlite(pool) => insert!(pool),
+        hakikisha::db::Backend::Postgres(pg) => insert!(&pg.primary),
+    }
+    .expect("notification inserted");
+}
+
 /// Submits and resolves a claim; returns its id and the submitter's token.
 async fn resolved_claim(app: &TestApp, checker: &str, text: &str) -> (String, String) {
     let (_, citizen) = app
@@ -164,6 +188,43 @@ backend_tests! {
         app.get("/api/v1/users/amina", None).await.assert(200);
         app.request(reqwest::Method::DELETE, &format!("/api/v1/admin/users/{id}"), Some(&admin), None).await.assert(204);
         app.get("/api/v1/users/amina", None).await.assert(404);
+    }
+
+    async fn the_unread_count_is_cached_and_every_notification_or_mark_read_drops_it(app) {
+        let (user, citizen) = app.user_with_role("citizen", "user").await;
+        let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+        let user_id: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
+        let count = || async { app.get("/api/v1/notifications/unread-count", Some(&citizen)).await.body["unread"].clone() };
+        let id = app.submit_claim(&citizen, "The county will stop collecting garbage next week", "other").await;
+        assert_eq!(count().await, 0);
+        assert_eq!(count().await, 0);
+        assert!(namespace(&app, "notifications").memory_hits > 0, "the second read is a hit");
+
+        // It is cached: a row written behind the service's back is not seen until the count is
+        // dropped, which every path that writes notifications does.
+        insert_notification(&app, user_id).await;
+        assert_eq!(count().await, 0);
+        hakikisha::notifications::unread_changed(&app.state, user_id).await;
+        assert_eq!(count().await, 1);
+
+        // Assignment (a notification), verdict (written with the verdict), mark read, read all,
+        // rejection (a notification): each shows at once.
+        app.post(&format!("/api/v1/claims/{id}/assign"), Some(&checker), json!({})).await.assert(200);
+        assert_eq!(count().await, 2);
+        app.post(&format!("/api/v1/claims/{id}/verdict"), Some(&checker), json!({
+            "label": "false", "explanation": "The county's schedule is unchanged."})).await.assert(200);
+        assert_eq!(count().await, 3);
+        let notes = app.get("/api/v1/notifications?unread=true", Some(&citizen)).await;
+        let nid = notes.body["items"][0]["id"].as_str().unwrap().to_owned();
+        app.post(&format!("/api/v1/notifications/{nid}/read"), Some(&citizen), json!({})).await;
+        assert_eq!(count().await, 2);
+        app.post("/api/v1/notifications/read-all", Some(&citizen), json!({})).await.assert(200);
+        assert_eq!(count().await, 0);
+        let other = app.submit_claim(&citizen, "Bread prices will double by the end of the month", "economy").await;
+        app.post(&format!("/api/v1/claims/{other}/reject"), Some(&checker), json!({"reason": "Not checkable"})).await.assert(200);
+        assert_eq!(count().await, 1);
+        // Per user: the checker's count is their own.
+        assert_eq!(app.get("/api/v1/notifications/unread-count", Some(&checker)).await.body["unread"], 0);
     }
 
     async fn blog_writes_invalidate_every_cached_blog_read(app) {
@@ -319,6 +380,43 @@ async fn a_write_on_one_instance_is_visible_on_another_within_a_second() {
     assert!(
         took.is_some(),
         "B still lets a suspended account in after 1 s"
+    );
+
+    // An unread count cached on B drops when A notifies its user.
+    let (_, citizen) = a.user_with_role("wanjiru", "user").await;
+    let claim = a
+        .submit_claim(
+            &citizen,
+            "The lake road will be closed all of next week",
+            "other",
+        )
+        .await;
+    for _ in 0..2 {
+        assert_eq!(
+            b.get("/api/v1/notifications/unread-count", Some(&citizen))
+                .await
+                .body["unread"],
+            0
+        );
+    }
+    assert!(namespace(&b, "notifications").memory_hits > 0);
+    a.post(
+        &format!("/api/v1/claims/{claim}/assign"),
+        Some(&checker),
+        json!({}),
+    )
+    .await
+    .assert(200);
+    let took = within(Duration::from_secs(1), || async {
+        b.get("/api/v1/notifications/unread-count", Some(&citizen))
+            .await
+            .body["unread"]
+            == 1
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "B still serves the old unread count after 1 s"
     );
 
     // Redis is the shared layer: a value A loaded is a Redis hit on B. A writes it to Redis

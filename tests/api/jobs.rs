@@ -570,7 +570,7 @@ backend_tests! {
         let (alice, alice_token) = app.user_with_role("retention_alice", "user").await;
         let alice_id = uuid(&alice["id"]);
         for kind in ["old_read", "new_read", "old_unread"] {
-            hakikisha::notifications::notify(&app.db, alice_id, kind, "title", "body", None).await.unwrap();
+            hakikisha::notifications::notify(&app.state, alice_id, kind, "title", "body", None).await.unwrap();
         }
         let db = &app.db;
         let notification = |kind: &'static str| async move {

@@ -278,10 +278,10 @@ backend_tests! {
         let key = create_key(&app, &token, json!({"name": "soon", "service": "OpenAI", "secret": SECRET, "passphrase": PASSPHRASE, "rotation_interval_days": 1})).await;
         let due = ts(&key["expires_at"]);
         let just_before = due - Duration::microseconds(1);
-        assert_eq!(hakikisha::vault::expire_due_keys(&app.db, just_before).await.unwrap(), 0);
+        assert_eq!(hakikisha::vault::expire_due_keys(&app.state, just_before).await.unwrap(), 0);
         assert_eq!(app.get(&format!("/api/v1/keys/{}", key["id"].as_str().unwrap()), Some(&token)).await.body["status"], "active");
-        assert_eq!(hakikisha::vault::expire_due_keys(&app.db, due).await.unwrap(), 1);
-        assert_eq!(hakikisha::vault::expire_due_keys(&app.db, due).await.unwrap(), 0, "flipped once");
+        assert_eq!(hakikisha::vault::expire_due_keys(&app.state, due).await.unwrap(), 1);
+        assert_eq!(hakikisha::vault::expire_due_keys(&app.state, due).await.unwrap(), 0, "flipped once");
         let read = app.get(&format!("/api/v1/keys/{}", key["id"].as_str().unwrap()), Some(&token)).await;
         assert_eq!(read.body["status"], "expired");
         let notes = app.get("/api/v1/notifications", Some(&token)).await;
