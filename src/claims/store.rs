@@ -628,7 +628,7 @@ pub async fn record_verdict(
     })
 }
 
-/// Adds buffered view counts in one transaction.
+/// Adds buffered view counts in one transaction, in id order.
 pub async fn add_views(
     db: &Db,
     table: ViewTable,
@@ -640,9 +640,13 @@ pub async fn add_views(
         ViewTable::Claims => CLAIMS,
         ViewTable::Blogs => BLOGS,
     };
+    // Rows are locked in id order: instances flushing the same claims at once would otherwise
+    // lock them in opposite orders and deadlock (PostgreSQL aborts one after a second).
+    let mut counts = counts.to_vec();
+    counts.sort_unstable_by_key(|(id, _)| *id);
     db_write!(db, "views.flush", sql, |pool| {
         let mut tx = pool.begin().await?;
-        for (id, n) in counts {
+        for (id, n) in &counts {
             sqlx::query(sql)
                 .bind(*id)
                 .bind(*n)

@@ -436,3 +436,44 @@ async fn the_page_of_my_claims_keeps_a_generic_plan_on_postgres() {
     );
     assert_eq!(generic + custom, 10);
 }
+
+/// Two instances flushing view counts for the same claims at once (each instance counts in its
+/// own order) neither deadlock nor lose a view: rows are updated in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_view_flushes_of_the_same_claims_do_not_deadlock() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    let hakikisha::db::Backend::Postgres(pg) = app.db.backend() else {
+        panic!("a PostgreSQL app");
+    };
+    let (user, _) = app.user_with_role("citizen", "user").await;
+    let user: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO claims (id, submitter_id, text, text_hash, category, status, priority, created_at, updated_at)
+         SELECT gen_random_uuid(), $1, 'Claim number ' || g || ' about the market', md5(g::text), 'economy',
+                'resolved', 0, now(), now()
+         FROM generate_series(1, 300) g RETURNING id",
+    )
+    .bind(user)
+    .fetch_all(&pg.primary)
+    .await
+    .unwrap();
+    let forward: Vec<(uuid::Uuid, i64)> = ids.iter().map(|id| (*id, 1)).collect();
+    let backward: Vec<(uuid::Uuid, i64)> = forward.iter().rev().copied().collect();
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(
+            store::add_views(&app.db, store::ViewTable::Claims, &forward),
+            store::add_views(&app.db, store::ViewTable::Claims, &backward),
+        );
+        a.unwrap();
+        b.unwrap();
+    }
+    let total: i64 =
+        sqlx::query_scalar("SELECT SUM(view_count)::int8 FROM claims WHERE submitter_id = $1")
+            .bind(user)
+            .fetch_one(&pg.primary)
+            .await
+            .unwrap();
+    assert_eq!(total, 300 * 10);
+}
