@@ -252,8 +252,8 @@ async fn answer(db: &Db, batch: Vec<Lookup>) {
     }
 }
 
-/// A row of [`get_with_verdicts_primary`]: the claim, and one verdict's columns (all `NULL`
-/// when the claim has none).
+/// A row of `with_verdicts_sql!` ([`get_with_verdicts_primary`], [`list_mine`]): the claim, and
+/// one verdict's columns (all `NULL` when the claim has none).
 #[derive(sqlx::FromRow)]
 struct ClaimVerdictRow {
     #[sqlx(flatten)]

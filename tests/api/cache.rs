@@ -216,7 +216,7 @@ backend_tests! {
         assert_eq!(count().await, 3);
         let notes = app.get("/api/v1/notifications?unread=true", Some(&citizen)).await;
         let nid = notes.body["items"][0]["id"].as_str().unwrap().to_owned();
-        app.post(&format!("/api/v1/notifications/{nid}/read"), Some(&citizen), json!({})).await;
+        assert_eq!(app.post(&format!("/api/v1/notifications/{nid}/read"), Some(&citizen), json!({})).await.status.as_u16(), 204);
         assert_eq!(count().await, 2);
         app.post("/api/v1/notifications/read-all", Some(&citizen), json!({})).await.assert(200);
         assert_eq!(count().await, 0);

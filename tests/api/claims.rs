@@ -382,6 +382,22 @@ backend_tests! {
     }
 }
 
+/// Inserts `n` pending claims of `user` straight into PostgreSQL, one a second older than the
+/// last; returns their ids.
+async fn insert_claims(pool: &sqlx::PgPool, user: uuid::Uuid, n: i32) -> Vec<uuid::Uuid> {
+    sqlx::query_scalar(
+        "INSERT INTO claims (id, submitter_id, text, text_hash, category, status, priority, created_at, updated_at)
+         SELECT gen_random_uuid(), $1, 'Claim number ' || g || ' about the new bridge', md5(g::text), 'economy',
+                'pending', 0, now() - g * interval '1 second', now()
+         FROM generate_series(1, $2) g RETURNING id",
+    )
+    .bind(user)
+    .bind(n)
+    .fetch_all(pool)
+    .await
+    .expect("claims inserted")
+}
+
 /// PostgreSQL plans the page of "my claims" once per connection, not on every request: after
 /// its first five (custom) executions the prepared statement keeps the generic plan. Written
 /// with a plain `LIMIT $2`, the custom plans, which know the limit, looked cheaper than the
@@ -403,16 +419,7 @@ async fn the_page_of_my_claims_keeps_a_generic_plan_on_postgres() {
     };
     let (user, citizen) = app.user_with_role("citizen", "user").await;
     let user: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
-    sqlx::query(
-        "INSERT INTO claims (id, submitter_id, text, text_hash, category, status, priority, created_at, updated_at)
-         SELECT gen_random_uuid(), $1, 'Claim number ' || g || ' about the new bridge', md5(g::text), 'economy',
-                'pending', 0, now() - g * interval '1 second', now()
-         FROM generate_series(1, 20000) g",
-    )
-    .bind(user)
-    .execute(&pg.primary)
-    .await
-    .unwrap();
+    insert_claims(&pg.primary, user, 20_000).await;
     sqlx::query("ANALYZE claims")
         .execute(&pg.primary)
         .await
@@ -449,16 +456,7 @@ async fn concurrent_view_flushes_of_the_same_claims_do_not_deadlock() {
     };
     let (user, _) = app.user_with_role("citizen", "user").await;
     let user: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
-    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "INSERT INTO claims (id, submitter_id, text, text_hash, category, status, priority, created_at, updated_at)
-         SELECT gen_random_uuid(), $1, 'Claim number ' || g || ' about the market', md5(g::text), 'economy',
-                'resolved', 0, now(), now()
-         FROM generate_series(1, 300) g RETURNING id",
-    )
-    .bind(user)
-    .fetch_all(&pg.primary)
-    .await
-    .unwrap();
+    let ids = insert_claims(&pg.primary, user, 300).await;
     let forward: Vec<(uuid::Uuid, i64)> = ids.iter().map(|id| (*id, 1)).collect();
     let backward: Vec<(uuid::Uuid, i64)> = forward.iter().rev().copied().collect();
     for _ in 0..5 {
