@@ -23,6 +23,7 @@
 //!   been missed) and bumps every dirty namespace, so no instance serves data older than the
 //!   outage's writes from Redis.
 
+pub mod coding;
 pub mod http;
 mod stats;
 mod sync;

@@ -84,6 +84,21 @@ async fn resolved_claim(app: &TestApp, checker: &str, text: &str) -> (String, St
     (id, citizen)
 }
 
+/// `body` decoded from the content coding `coding`.
+fn decode(coding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => flate2::read::GzDecoder::new(body).read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(body).read_to_end(&mut out),
+        "br" => brotli::Decompressor::new(body, 4096).read_to_end(&mut out),
+        "zstd" => zstd::stream::read::Decoder::new(body).and_then(|mut d| d.read_to_end(&mut out)),
+        other => panic!("unexpected coding {other}"),
+    }
+    .expect("a valid stream");
+    out
+}
+
 backend_tests! {
     async fn cached_public_reads_carry_validators_and_answer_304(app) {
         let (_, checker) = app.user_with_role("checker", "fact_checker").await;
@@ -122,6 +137,47 @@ backend_tests! {
             assert!(!etag.is_empty(), "{path}");
             assert_eq!(get_with(&app, path, None, Some(&etag)).await.status(), StatusCode::NOT_MODIFIED, "{path}");
         }
+    }
+
+    async fn cached_reads_go_out_in_the_coding_the_client_prefers(app) {
+        let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+        let text: Vec<String> = (0..30).map(|i| format!("Sentence {i} of a long claim about the flood.")).collect();
+        let (id, _) = resolved_claim(&app, &checker, &text.join(" ")).await;
+        let url = format!("{}/api/v1/claims/{id}", app.base);
+        let get = |accept: &'static str| app.client.get(&url).header(header::ACCEPT_ENCODING, accept).send();
+
+        let plain = app.client.get(&url).send().await.unwrap();
+        assert!(!plain.headers().contains_key(header::CONTENT_ENCODING));
+        assert_eq!(header_of(&plain, header::VARY), "authorization, accept-encoding");
+        let etag = header_of(&plain, header::ETAG);
+        let plain = plain.bytes().await.unwrap();
+        assert!(plain.len() > 1024, "{} bytes", plain.len());
+
+        // Kept codings: browsers' list gets the smallest; weights are honoured. `deflate` is not
+        // kept, so the edge compresses that one on the way out.
+        for (accept, coding) in [
+            ("gzip, deflate, br, zstd", "br"),
+            ("gzip", "gzip"),
+            ("br;q=0.5, zstd", "zstd"),
+            ("deflate", "deflate"),
+        ] {
+            for _ in 0..2 {
+                let res = get(accept).await.unwrap();
+                assert_eq!(res.status(), StatusCode::OK, "{accept}");
+                assert_eq!(header_of(&res, header::CONTENT_ENCODING), coding, "{accept}");
+                assert_eq!(header_of(&res, header::ETAG), etag, "{accept}: one tag for every coding");
+                assert!(header_of(&res, header::VARY).contains("accept-encoding"), "{accept}");
+                let sent = res.bytes().await.unwrap();
+                assert!(sent.len() * 2 < plain.len(), "{accept}: {} of {} bytes", sent.len(), plain.len());
+                assert_eq!(decode(coding, &sent), plain, "{accept}");
+            }
+        }
+        let revalidated = app.client.get(&url).header(header::ACCEPT_ENCODING, "br").header(header::IF_NONE_MATCH, &etag).send().await.unwrap();
+        assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+        assert!(!revalidated.headers().contains_key(header::CONTENT_ENCODING));
+        let identity = get("identity").await.unwrap();
+        assert!(!identity.headers().contains_key(header::CONTENT_ENCODING));
+        assert_eq!(identity.bytes().await.unwrap(), plain);
     }
 
     async fn unresolved_claims_never_come_from_the_public_cache(app) {

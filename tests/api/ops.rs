@@ -202,6 +202,18 @@ backend_tests! {
         assert_eq!(&gzipped[..2], &[0x1f, 0x8b], "a gzip stream");
         assert!(gzipped.len() * 3 < plain.len(), "{} of {} bytes", gzipped.len(), plain.len());
 
+        // On the fly: brotli first among browsers' list (zstd is not used on the fly), and
+        // nothing under a kilobyte.
+        let browser = app.client.get(&url).header("accept-encoding", "gzip, deflate, br, zstd").send().await.unwrap();
+        assert_eq!(browser.headers()["content-encoding"], "br");
+        let zstd_only = app.client.get(&url).header("accept-encoding", "zstd").send().await.unwrap();
+        assert_eq!(zstd_only.status(), 200);
+        assert!(!zstd_only.headers().contains_key("content-encoding"));
+        assert_eq!(zstd_only.bytes().await.unwrap(), plain);
+        let health = app.client.get(format!("{}/api/health", app.base)).header("accept-encoding", "br, gzip").send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        assert!(!health.headers().contains_key("content-encoding"), "a short body goes out as it is");
+
         // No acceptable encoding at all: tower-http's 406, as problem+json like every error.
         let none = app.client.get(&url).header("accept-encoding", "identity;q=0, *;q=0").send().await.unwrap();
         assert_eq!(none.status(), 406);
