@@ -5,10 +5,12 @@
 //! each". Loopback only: it refuses any other target. Prints one JSON line.
 //!
 //!     loadgen --addr 127.0.0.1:8080 --mix mix.tsv [--ids ids.txt] --connections 64 \
-//!             --duration 10 [--rate 10000] [--sources 4] [--idle-then-one --hold 5]
+//!             --duration 10 [--rate 10000] [--sources 4] [--idle-then-one --hold 5] \
+//!             [--header 'Accept-Encoding: gzip, deflate, br, zstd' ...]
 //!
 //! mix.tsv: one request template a line, tab-separated: `weight  METHOD  PATH  TOKEN|-  BODY|-`.
-//! `{id}` in the path is replaced by a random line of `--ids`.
+//! `{id}` in the path is replaced by a random line of `--ids`. Every `--header` is sent with
+//! every request.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -44,13 +46,14 @@ struct Args {
     sources: u8,
     idle_then_one: bool,
     hold: Duration,
+    headers: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut a = std::env::args().skip(1);
     let (mut addr, mut mix, mut ids) = (None, None, Vec::new());
     let (mut connections, mut duration, mut rate, mut sources) = (16, 10.0_f64, 0.0, 1u8);
-    let (mut idle_then_one, mut hold) = (false, 0.0_f64);
+    let (mut idle_then_one, mut hold, mut headers) = (false, 0.0_f64, Vec::new());
     while let Some(flag) = a.next() {
         let mut val = || a.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -70,6 +73,13 @@ fn parse_args() -> Result<Args, String> {
             "--sources" => sources = val()?.parse().map_err(|_| "bad --sources")?,
             "--idle-then-one" => idle_then_one = true,
             "--hold" => hold = val()?.parse().map_err(|_| "bad --hold")?,
+            "--header" => {
+                let header = val()?;
+                if !header.contains(':') || header.contains(['\r', '\n']) {
+                    return Err(format!("bad --header {header:?}: one `Name: value` line"));
+                }
+                headers.push(header);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -94,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
         sources: sources.max(1),
         idle_then_one,
         hold: Duration::from_secs_f64(hold.min(600.0)),
+        headers,
     })
 }
 
@@ -122,7 +133,8 @@ fn read_mix(path: &str) -> Result<Vec<Template>, String> {
         .collect()
 }
 
-fn render(t: &Template, ids: &[String], rng: &mut SmallRng, host: &str) -> Vec<u8> {
+fn render(args: &Args, t: &Template, rng: &mut SmallRng, host: &str) -> Vec<u8> {
+    let ids = &args.ids;
     let path = if t.path.contains("{id}") {
         t.path.replace("{id}", &ids[rng.random_range(0..ids.len())])
     } else {
@@ -131,6 +143,10 @@ fn render(t: &Template, ids: &[String], rng: &mut SmallRng, host: &str) -> Vec<u
     let mut req = format!("{} {path} HTTP/1.1\r\nHost: {host}\r\n", t.method);
     if let Some(token) = &t.token {
         req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for header in &args.headers {
+        req.push_str(header);
+        req.push_str("\r\n");
     }
     match &t.body {
         Some(body) => {
@@ -243,7 +259,7 @@ async fn main() {
             let (args, totals, host) = (args.clone(), totals.clone(), host.clone());
             tasks.spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(n as u64);
-                let req = render(&args.mix[0], &args.ids, &mut rng, &host);
+                let req = render(&args, &args.mix[0], &mut rng, &host);
                 let (r, mut w) = stream.into_split();
                 let mut r = BufReader::new(r);
                 let t = Instant::now();
@@ -331,7 +347,7 @@ async fn main() {
                         }
                     })
                     .unwrap_or(&args.mix[0]);
-                let req = render(t, &args.ids, &mut rng, &host);
+                let req = render(&args, t, &mut rng, &host);
                 let Some((r, w)) = conn.as_mut() else {
                     continue;
                 };
