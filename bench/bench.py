@@ -191,7 +191,7 @@ class Bench:
         runs: dict[str, list[tuple[dict, float]]] = {t[0]: [] for t in targets}
         for _ in range(ROUNDS):
             for name, proc, url, *header in targets:
-                runs[name].append(self.measured(proc, lambda: wrk(url, conns, secs, header=next(iter(header), None))))
+                runs[name].append(self.measured(proc, lambda: wrk(url, conns, secs, header=header[0] if header else None)))
         return runs
 
     def alternate(self, server: Process, service, reference):
