@@ -254,6 +254,15 @@ impl TestApp {
         let server = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
         }));
+        // With Redis up, the cache's first resync (right after it subscribes) empties the
+        // memory layer at a moment of its own: a test that had just filled it would see a
+        // Redis hit where it expects a memory hit. Tests start once it has happened.
+        if state.redis.as_ref().is_some_and(|r| r.is_up()) {
+            let started = std::time::Instant::now();
+            while !state.cache.is_listening() && started.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Self {
             addr,
             base: format!("http://{addr}"),
