@@ -33,6 +33,10 @@ pub use slow::{SlowQuery, SlowQueryLog};
 /// How long a failed replica is bypassed before it is tried again.
 const REPLICA_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// SQLite's `journal_size_limit`, in bytes: what the write-ahead log file is cut back to when
+/// the log restarts.
+pub const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// A handle on the configured database. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -147,6 +151,10 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
+                // A write burst grows the write-ahead log far past the database (1.2 GB in 10 s
+                // of saturating inserts, docs/performance.md); without a limit the file keeps
+                // that size for good. With it, each reset of the log truncates the file to this.
+                .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
                 .foreign_keys(true)
                 .log_statements(tracing::log::LevelFilter::Trace);
             if let Some(dir) = options

@@ -424,3 +424,27 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     // Meanwhile normal requests are served.
     app.get("/api/health", None).await.assert(200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sqlite_connection_caps_the_write_ahead_log_file() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let hakikisha::db::Backend::Sqlite(pool) = app.db.backend() else {
+        unreachable!("a SQLite app")
+    };
+    // Several connections at once, so the pragma is seen on more than the first one.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = pool.acquire().await.unwrap();
+        let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(limit as u64, hakikisha::db::WAL_SIZE_LIMIT);
+        assert_eq!(mode, "wal");
+        held.push(conn);
+    }
+}
