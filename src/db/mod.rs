@@ -151,8 +151,8 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
-                // A write burst grows the write-ahead log far past the database (1.2 GB in 10 s
-                // of saturating inserts, docs/performance.md); without a limit the file keeps
+                // A write burst grows the write-ahead log far past the database (0.8-1.4 GB in
+                // 10 s of saturating inserts, docs/performance.md); without a limit the file keeps
                 // that size for good. With it, each reset of the log truncates the file to this.
                 .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
                 .foreign_keys(true)
