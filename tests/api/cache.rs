@@ -313,6 +313,22 @@ backend_tests! {
     }
 }
 
+/// Polls `check` every 50 ms until it holds or `limit` passes; returns the time it took.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
 async fn wait_listening(app: &TestApp) {
     assert!(
         within(Duration::from_secs(10), || async {
