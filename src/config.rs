@@ -494,6 +494,7 @@ fn cache_config(
             accounts: duration(get, "CACHE_TTL_ACCOUNTS", "30s")?,
         },
         repeat_invalidation_after: None,
+        tombstone_ttl: crate::cache::MIN_TOMBSTONE_TTL,
     })
 }
 

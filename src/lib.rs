@@ -77,6 +77,7 @@ impl App {
             // Beyond typical replica lag; see `CacheConfig::repeat_invalidation_after`.
             cache_config.repeat_invalidation_after = Some(Duration::from_secs(2));
         }
+        cache_config.tombstone_ttl = (2 * config.request_timeout).max(cache::MIN_TOMBSTONE_TTL);
         let cache = cache::Cache::new(cache_config, redis.clone());
         let jobs = Arc::new(jobs::Scheduler::from_config(&config)?);
         let ai_config = config.ai.clone();

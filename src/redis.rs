@@ -16,7 +16,7 @@ use fred::{
     clients::{Client, SubscriberClient},
     interfaces::{ClientLike, EventInterface},
     prelude::{Builder, Config as FredConfig, ReconnectPolicy},
-    types::config::Options,
+    types::{ClusterHash, CustomCommand, FromValue, Value, config::Options},
 };
 
 /// A connected (or reconnecting) Redis client. Cheap to clone.
@@ -90,6 +90,31 @@ impl Redis {
         builder(&self.config, self.timeout)
             .build_subscriber_client()
             .context("cannot build the Redis subscriber client")
+    }
+
+    /// `EVALSHA` through [`Redis::cmd`], loading the script on `NOSCRIPT` (first use, or after
+    /// a Redis restart). `args` are `EVALSHA`'s (the SHA-1 first), built again for the retry
+    /// rather than copied before every call; `lua` is only built for the load.
+    ///
+    /// fred's `Script::evalsha_with_reload` takes the bare client, which would bypass the
+    /// command policy of [`Redis::cmd`].
+    pub async fn evalsha<R: FromValue>(
+        &self,
+        lua: impl FnOnce() -> String,
+        args: impl Fn() -> Vec<Value>,
+    ) -> Result<R, fred::error::Error> {
+        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+        match self.cmd().custom(evalsha.clone(), args()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
+                let _: String = self
+                    .cmd()
+                    .custom(load, vec![Value::from("LOAD"), Value::from(lua())])
+                    .await?;
+                self.cmd().custom(evalsha, args()).await
+            }
+            other => other,
+        }
     }
 
     /// `PING` with the command timeout; the round trip on success.

@@ -10,8 +10,13 @@
 //! - **TTL.** Each entry carries its own deadline (moka `Expiry`), and Redis stores the same
 //!   absolute deadline (`PXAT` plus an envelope), so an entry copied from Redis into memory never
 //!   outlives the first load.
-//! - **Invalidation.** A key invalidation drops the memory entry, deletes the Redis key and
-//!   publishes on `{prefix}cache:invalidate`; every other instance drops its memory entry. A
+//! - **Invalidation.** A key invalidation drops the memory entry, replaces the Redis copy with a
+//!   tombstone (kept [`CacheConfig::tombstone_ttl`]) and publishes on `{prefix}cache:invalidate`; every other
+//!   instance drops its memory entry. A load stores its value in Redis only if the key still
+//!   holds what the load's Redis read found (one script call), so a load that read the database
+//!   before a write cannot put the old value back after that write's invalidation, on any
+//!   instance. In memory, a load that overlaps a key invalidation of its namespace (local, or
+//!   from another instance) serves its caller but drops its entry at once. A
 //!   namespace invalidation increments the namespace's generation in Redis (part of every key,
 //!   so no KEYS/SCAN is needed) and publishes the new generation. Each instance also keeps a
 //!   local epoch per namespace in its memory keys, so loads already in flight cannot resurrect
@@ -38,7 +43,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::{interfaces::KeysInterface, types::Expiration};
+use fred::{
+    interfaces::KeysInterface,
+    types::{Expiration, Value, scripts::Script},
+};
 use moka::{Expiry, notification::RemovalCause};
 use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
@@ -56,6 +64,18 @@ use crate::{
 
 /// The pub/sub channel (under `REDIS_KEY_PREFIX`) carrying invalidations.
 pub const CHANNEL: &str = "cache:invalidate";
+/// The shortest [`CacheConfig::tombstone_ttl`] the service uses.
+pub const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+/// Tombstones start with this; stored values start with their deadline's digits.
+const TOMBSTONE_MARK: char = '!';
+/// Stores `ARGV[2]` until `ARGV[3]` (Unix ms) only if the key still holds `ARGV[1]` (empty:
+/// nothing). An invalidation since the caller read the key left another tombstone there.
+const STORE_IF_UNCHANGED: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+return 1
+"#;
 /// `Cache-Control: max-age` never exceeds this, whatever the remaining TTL: browsers and CDNs
 /// cannot be told about an invalidation.
 pub const MAX_CLIENT_AGE: Duration = Duration::from_secs(60);
@@ -94,6 +114,12 @@ impl Namespace {
         Self::Accounts,
         Self::Notifications,
     ];
+
+    /// Whether its values are kept in Redis too. Accounts stay in this process
+    /// ([`Cache::get_or_load_local`]): their invalidations travel by pub/sub only.
+    pub fn shared(self) -> bool {
+        !matches!(self, Self::Accounts)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,6 +208,11 @@ pub struct CacheConfig {
     /// right after a write may load the old row from a lagging replica and cache it, and the
     /// repeat drops that copy once the replica has caught up.
     pub repeat_invalidation_after: Option<Duration>,
+    /// How long the Redis tombstone of a key invalidation lasts. Longer than any load, so that
+    /// a load which found the key empty before the invalidation finds the tombstone, not an
+    /// empty key again, when it comes to store. The service uses 2 x `REQUEST_TIMEOUT`, at
+    /// least 60 s: a request's loads end with the request.
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -190,6 +221,7 @@ impl Default for CacheConfig {
             max_keys: 10_000,
             ttls: Ttls::default(),
             repeat_invalidation_after: None,
+            tombstone_ttl: MIN_TOMBSTONE_TTL,
         }
     }
 }
@@ -275,6 +307,9 @@ struct Inner {
     generations: [AtomicU64; Namespace::ALL.len()],
     /// Local epoch per namespace, part of memory keys only.
     epochs: [AtomicU64; Namespace::ALL.len()],
+    /// Key invalidations per namespace seen by this instance (its own and other instances').
+    /// A load that overlaps one drops its memory entry; numbers this instance's tombstones.
+    invalidations: [AtomicU64; Namespace::ALL.len()],
     /// Namespaces with an invalidation that did not reach Redis.
     dirty: [AtomicBool; Namespace::ALL.len()],
     /// Whether this instance currently receives other instances' invalidations.
@@ -354,6 +389,7 @@ impl Cache {
                 config,
                 generations: Default::default(),
                 epochs: Default::default(),
+                invalidations: Default::default(),
                 dirty: Default::default(),
                 listening: AtomicBool::new(false),
                 stats,
@@ -382,17 +418,22 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = ApiResult<T>>,
     {
+        debug_assert!(ns.shared(), "{ns} values stay in memory: get_or_load_local");
         if ttl.is_zero() {
             return Ok(Cached::loaded(Box::pin(load()).await?));
         }
         self.get_or_fill(ns, scope, key, || async {
             let redis_key = self.redis_key(ns, scope, key);
-            if let Some((value, expires_at)) = self.redis_get::<T>(ns, &redis_key, ttl).await {
-                return Ok((value, expires_at, Source::Redis));
-            }
+            let seen = match self.redis_get::<T>(ns, &redis_key, ttl).await {
+                RedisCopy::Hit(value, expires_at) => return Ok((value, expires_at, Source::Redis)),
+                RedisCopy::Miss { seen } => Some(seen),
+                RedisCopy::Unknown => None,
+            };
             self.inner.stats.load(ns);
             let value = load().await?;
-            self.redis_put(ns, redis_key.clone(), &value, ttl);
+            if let Some(seen) = seen {
+                self.redis_put(ns, redis_key, seen, &value, ttl);
+            }
             Ok((value, Instant::now() + ttl, Source::Loader))
         })
         .await
@@ -463,10 +504,14 @@ impl Cache {
             }
         }
         self.inner.stats.lookup(ns, Layer::Memory, false);
+        let invalidations = &self.inner.invalidations[ns.index()];
+        let before = invalidations.load(Ordering::SeqCst);
+        let filled = AtomicBool::new(false);
         let entry = self
             .inner
             .memory
-            .try_get_with(memory_key, async {
+            .try_get_with(memory_key.clone(), async {
+                filled.store(true, Ordering::Relaxed);
                 let (value, expires_at, source) = Box::pin(fill()).await?;
                 Ok::<_, ApiError>(Entry {
                     value: Arc::new(value),
@@ -476,6 +521,11 @@ impl Cache {
             })
             .await
             .map_err(unshare)?;
+        if filled.load(Ordering::Relaxed) && invalidations.load(Ordering::SeqCst) != before {
+            // The load may have read what the invalidation replaced: serve it to this caller
+            // (the two overlapped), keep it for nobody.
+            self.inner.memory.invalidate(&memory_key).await;
+        }
         let value = entry.value.downcast::<T>().map_err(|_| {
             ApiError::Internal(anyhow::anyhow!(
                 "cache namespace {ns} holds another type under one key"
@@ -502,6 +552,7 @@ impl Cache {
     }
 
     async fn invalidate_once(&self, ns: Namespace, scope: Scope, key: &str) {
+        let n = self.inner.invalidations[ns.index()].fetch_add(1, Ordering::SeqCst) + 1;
         self.inner
             .memory
             .invalidate(&self.memory_key(ns, scope, key))
@@ -509,13 +560,26 @@ impl Cache {
         let Some(redis) = self.live_redis(ns) else {
             return;
         };
-        let deleted = redis
-            .cmd()
-            .del::<i64, _>(self.redis_key(ns, scope, key))
-            .await;
+        let stored = if ns.shared() {
+            let tombstone = format!("{TOMBSTONE_MARK}{}.{n}", self.inner.instance);
+            redis
+                .cmd()
+                .set::<(), _, _>(
+                    self.redis_key(ns, scope, key),
+                    tombstone,
+                    Some(Expiration::PX(
+                        self.inner.config.tombstone_ttl.as_millis() as i64
+                    )),
+                    None,
+                    false,
+                )
+                .await
+        } else {
+            Ok(())
+        };
         let message = sync::Message::key(&self.inner.instance, ns, &format!("{scope}:{key}"));
         let published = sync::publish(&redis, &message).await;
-        if let Some(e) = deleted.err().or(published.err()) {
+        if let Some(e) = stored.err().or(published.err()) {
             self.redis_failed(ns, &e);
         }
     }
@@ -687,48 +751,63 @@ impl Cache {
         tracing::warn!(namespace = %ns, error = %error, "cache invalidation did not reach redis; retried as a namespace invalidation when redis is back");
     }
 
-    /// The Redis copy, if any, with its deadline (never later than `ttl` from now).
+    /// The Redis copy with its deadline (never later than `ttl` from now), or what the key held
+    /// instead.
     async fn redis_get<T: DeserializeOwned>(
         &self,
         ns: Namespace,
         key: &str,
         ttl: Duration,
-    ) -> Option<(T, Instant)> {
-        let redis = self.inner.redis.as_ref()?;
+    ) -> RedisCopy<T> {
+        let Some(redis) = self.inner.redis.as_ref() else {
+            return RedisCopy::Unknown;
+        };
         if !redis.is_up() {
             self.inner
                 .stats
                 .error(ns, Layer::Redis, ErrorKind::Unavailable);
-            return None;
+            return RedisCopy::Unknown;
         }
         let raw: Option<String> = match redis.cmd().get(key).await {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::debug!(namespace = %ns, error = %e, "cache read from redis failed; treated as a miss");
                 self.inner.stats.error(ns, Layer::Redis, ErrorKind::of(&e));
-                return None;
+                return RedisCopy::Unknown;
             }
         };
-        let decoded = raw.as_deref().map(envelope::decode::<T>);
-        match decoded {
-            Some(Some((value, remaining))) if !remaining.is_zero() => {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() || raw.starts_with(TOMBSTONE_MARK) {
+            self.inner.stats.lookup(ns, Layer::Redis, false);
+            return RedisCopy::Miss { seen: raw };
+        }
+        match envelope::decode::<T>(&raw) {
+            Some((value, remaining)) if !remaining.is_zero() => {
                 self.inner.stats.lookup(ns, Layer::Redis, true);
-                Some((value, Instant::now() + remaining.min(ttl)))
+                RedisCopy::Hit(value, Instant::now() + remaining.min(ttl))
             }
-            Some(None) => {
-                self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode);
-                None
-            }
-            _ => {
+            Some(_) => {
                 self.inner.stats.lookup(ns, Layer::Redis, false);
-                None
+                RedisCopy::Miss { seen: raw }
+            }
+            None => {
+                self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode);
+                RedisCopy::Miss { seen: raw }
             }
         }
     }
 
-    /// Stores a loaded value in Redis in the background: the caller already has it, and a slow
-    /// Redis must not delay the response.
-    fn redis_put<T: Serialize>(&self, ns: Namespace, key: String, value: &T, ttl: Duration) {
+    /// Stores a loaded value in Redis in the background (the caller already has it, and a slow
+    /// Redis must not delay the response), if the key still holds `seen`: what the load's own
+    /// Redis read found there.
+    fn redis_put<T: Serialize>(
+        &self,
+        ns: Namespace,
+        key: String,
+        seen: String,
+        value: &T,
+        ttl: Duration,
+    ) {
         let Some(redis) = self.inner.redis.clone() else {
             return;
         };
@@ -744,21 +823,42 @@ impl Cache {
         };
         let stats = self.inner.stats.clone();
         tokio::spawn(async move {
+            let args = || {
+                vec![
+                    Value::from(store_if_unchanged().sha1().clone()),
+                    Value::from(1),
+                    Value::from(key.as_str()),
+                    Value::from(seen.as_str()),
+                    Value::from(payload.as_str()),
+                    Value::from(expires_at_ms),
+                ]
+            };
             let result = redis
-                .cmd()
-                .set::<(), _, _>(
-                    key,
-                    payload,
-                    Some(Expiration::PXAT(expires_at_ms)),
-                    None,
-                    false,
-                )
+                .evalsha::<i64>(|| STORE_IF_UNCHANGED.to_owned(), args)
                 .await;
             if let Err(e) = result {
                 stats.error(ns, Layer::Redis, ErrorKind::of(&e));
             }
         });
     }
+}
+
+/// What a load's Redis read found.
+enum RedisCopy<T> {
+    Hit(T, Instant),
+    /// No usable copy; `seen` is what the key held (empty: nothing), the condition for storing
+    /// the loaded value.
+    Miss {
+        seen: String,
+    },
+    /// Redis is off, down or did not answer: the loaded value is not stored there.
+    Unknown,
+}
+
+/// [`STORE_IF_UNCHANGED`] with its SHA-1, computed once.
+fn store_if_unchanged() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::from_lua(STORE_IF_UNCHANGED))
 }
 
 /// Redis values are `"{deadline in Unix ms}\n{json}"`, so a copy read by another instance keeps

@@ -203,6 +203,7 @@ impl Cache {
         };
         match (message.key, message.generation) {
             (Some(scoped_key), _) => {
+                self.inner.invalidations[ns.index()].fetch_add(1, Ordering::SeqCst);
                 self.inner
                     .memory
                     .invalidate(&self.memory_key_raw(ns, &scoped_key))

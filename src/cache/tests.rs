@@ -285,3 +285,71 @@ async fn with_a_replica_invalidations_repeat_to_drop_copies_of_lagging_reads() {
     );
     assert_eq!(load_count(&cache, Namespace::Blogs, "b", &loads).await, 5);
 }
+
+/// A load that read the database before a write, and finishes after that write's invalidation,
+/// must not leave its value in memory: its caller (concurrent with the write) gets it, the
+/// next reader loads afresh. The same for an invalidation from another instance.
+#[tokio::test]
+async fn a_load_overlapping_an_invalidation_serves_its_caller_but_is_not_kept() {
+    const BEFORE: u32 = 1;
+    const AFTER: u32 = 2;
+    const NEVER: u32 = 3;
+    let cache = cache();
+    let remote = serde_json::to_string(&sync::Message::key(
+        "another-instance",
+        Namespace::Profiles,
+        "pub:amina",
+    ))
+    .unwrap();
+    for from_another_instance in [false, true] {
+        let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let overtaken = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(
+                        Namespace::Profiles,
+                        Scope::Public,
+                        "amina",
+                        MINUTE,
+                        || async {
+                            let _ = loading_tx.send(());
+                            let _ = go_rx.await;
+                            Ok(BEFORE)
+                        },
+                    )
+                    .await
+                    .map(|c| *c.value)
+            })
+        };
+        loading_rx.await.unwrap();
+        if from_another_instance {
+            cache.apply_raw(&remote).await;
+        } else {
+            cache
+                .invalidate(Namespace::Profiles, Scope::Public, "amina")
+                .await;
+        }
+        go_tx.send(()).unwrap();
+        assert_eq!(overtaken.await.unwrap().unwrap(), BEFORE);
+
+        let get = |value: u32| {
+            cache.get_or_load(
+                Namespace::Profiles,
+                Scope::Public,
+                "amina",
+                MINUTE,
+                move || std::future::ready(Ok(value)),
+            )
+        };
+        let next = get(AFTER).await.unwrap();
+        assert_eq!((*next.value, next.source), (AFTER, Source::Loader));
+        // An undisturbed load is kept.
+        let kept = get(NEVER).await.unwrap();
+        assert_eq!((*kept.value, kept.source), (AFTER, Source::Memory));
+        cache
+            .invalidate(Namespace::Profiles, Scope::Public, "amina")
+            .await;
+    }
+}

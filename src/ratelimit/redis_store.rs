@@ -22,9 +22,8 @@
 //! sending one request at a time, or any client near its limit, is decided exactly as without
 //! leases: one script call per request. `docs/rate-limiting.md` has the full rules.
 //!
-//! Commands go through `Redis::cmd()` (fail fast, bounded by `REDIS_TIMEOUT`). fred's
-//! `Script::evalsha_with_reload` takes the bare client, which would bypass that policy, so the
-//! script is sent as a custom `EVALSHA` on `cmd()` and loaded on `NOSCRIPT` the same way.
+//! Commands go through `Redis::cmd()` (fail fast, bounded by `REDIS_TIMEOUT`), the script
+//! through `Redis::evalsha`.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -38,8 +37,8 @@ use std::{
 use hashbrown::HashMap;
 
 use fred::{
-    interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface},
-    types::{ClusterHash, CustomCommand, Value, scripts::Script},
+    interfaces::{HashesInterface, KeysInterface, SortedSetsInterface},
+    types::{Value, scripts::Script},
 };
 
 use tokio::sync::oneshot;
@@ -414,7 +413,9 @@ impl RedisStore {
 
 /// Decides one batch in one script call and answers each caller.
 async fn run_batch(redis: &Redis, keys: &Keys, sha: Value, batch: Vec<Pending>) {
-    let result = eval(redis, || batch_args(keys, &sha, &batch)).await;
+    let result = redis
+        .evalsha::<Vec<i64>>(script, || batch_args(keys, &sha, &batch))
+        .await;
     let reply = match result {
         Ok(reply) if reply.len() == batch.len() * REPLY_PER => Ok(reply),
         Ok(_) => Err(fred::error::Error::new(
@@ -520,26 +521,6 @@ async fn sweep_loop(leases: Weak<Leases>, queue: Batcher<Pending>, clock: super:
                 return;
             }
         }
-    }
-}
-
-/// `EVALSHA`, loading the script on `NOSCRIPT` (first use, or after a Redis restart). The
-/// arguments are built again for the retry rather than copied before every call.
-async fn eval(
-    redis: &Redis,
-    args: impl Fn() -> Vec<Value>,
-) -> Result<Vec<i64>, fred::error::Error> {
-    let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-    match redis.cmd().custom(evalsha.clone(), args()).await {
-        Err(e) if e.details().starts_with("NOSCRIPT") => {
-            let load = CustomCommand::new_static("SCRIPT", ClusterHash::Random, false);
-            let _: String = redis
-                .cmd()
-                .custom(load, vec![Value::from("LOAD"), Value::from(script())])
-                .await?;
-            redis.cmd().custom(evalsha, args()).await
-        }
-        other => other,
     }
 }
 

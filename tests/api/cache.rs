@@ -681,3 +681,108 @@ async fn a_redis_outage_fails_no_request_and_the_cache_uses_redis_again_after() 
     assert_eq!(app.state.cache.snapshot().redis, "up");
     drop(app);
 }
+
+/// Two instances' caches on the shared Redis. A load on A reads Redis, then B invalidates the
+/// key (a write happened), then A's load returns the value it read before the write: A's caller
+/// gets it, but it must never reach Redis, where every instance would serve it until its TTL.
+#[tokio::test]
+async fn a_load_overtaken_by_an_invalidation_never_stores_its_old_value_in_redis() {
+    use hakikisha::cache::{Cache, CacheConfig, Namespace, Scope, Source};
+    let Some(url) = test_redis_url() else { return };
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let connect = || hakikisha::redis::Redis::connect(&url, &prefix, Duration::from_secs(1));
+    let redis = connect().await.unwrap();
+    let a = Cache::new(CacheConfig::default(), Some(connect().await.unwrap()));
+    let b = Cache::new(CacheConfig::default(), Some(connect().await.unwrap()));
+    let ttl = Duration::from_secs(60);
+    // What Redis holds for a profile key (the only generation here is 0).
+    let stored = |key: &str| {
+        let (redis, key) = (
+            redis.clone(),
+            redis.key(&format!("cache:profiles:0:pub:{key}")),
+        );
+        async move {
+            fred::interfaces::KeysInterface::get::<Option<String>, _>(&redis.cmd(), key)
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        }
+    };
+
+    // Control: an undisturbed load reaches Redis, in the background, within this long.
+    let loaded = a
+        .get_or_load(
+            Namespace::Profiles,
+            Scope::Public,
+            "control",
+            ttl,
+            || async { Ok("control".to_owned()) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(loaded.source, Source::Loader);
+    let took = within(Duration::from_secs(5), || async {
+        stored("control").await.contains("\"control\"")
+    })
+    .await
+    .expect("an undisturbed load is stored in Redis");
+
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let overtaken = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.get_or_load(Namespace::Profiles, Scope::Public, "amina", ttl, || async {
+                let _ = loading_tx.send(());
+                let _ = go_rx.await;
+                Ok("before the write".to_owned())
+            })
+            .await
+            .map(|c| (*c.value).clone())
+        })
+    };
+    loading_rx.await.unwrap();
+    b.invalidate(Namespace::Profiles, Scope::Public, "amina")
+        .await;
+    go_tx.send(()).unwrap();
+    assert_eq!(overtaken.await.unwrap().unwrap(), "before the write");
+    // Twice the time the control's store took, and then some: the old value would be there.
+    tokio::time::sleep(took * 2 + Duration::from_millis(300)).await;
+    let held = stored("amina").await;
+    assert!(
+        held.starts_with('!'),
+        "Redis holds {held:?}, not the invalidation's tombstone"
+    );
+
+    // A load after the invalidation replaces the tombstone, and other instances read it.
+    let fresh = b
+        .get_or_load(Namespace::Profiles, Scope::Public, "amina", ttl, || async {
+            Ok("after the write".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh.source, Source::Loader);
+    let replaced = within(Duration::from_secs(5), || async {
+        stored("amina").await.contains("\"after the write\"")
+    })
+    .await;
+    assert!(replaced.is_some(), "the fresh value reaches Redis");
+    let c = Cache::new(CacheConfig::default(), Some(connect().await.unwrap()));
+    let read = c
+        .get_or_load(Namespace::Profiles, Scope::Public, "amina", ttl, || async {
+            Ok("loaded again".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (read.value.as_str(), read.source),
+        ("after the write", Source::Redis)
+    );
+    let keys: Vec<String> = ["control", "amina"]
+        .iter()
+        .map(|k| redis.key(&format!("cache:profiles:0:pub:{k}")))
+        .collect();
+    let _: i64 = fred::interfaces::KeysInterface::del(&redis.cmd(), keys)
+        .await
+        .unwrap();
+}
