@@ -16,7 +16,8 @@
 //!   holds what the load's Redis read found (one script call), so a load that read the database
 //!   before a write cannot put the old value back after that write's invalidation, on any
 //!   instance. In memory, a load that overlaps a key invalidation of its namespace (local, or
-//!   from another instance) serves its caller but drops its entry at once. A
+//!   from another instance) serves its caller but drops its entry at once, and a read that came
+//!   after the invalidation does not join it. A
 //!   namespace invalidation increments the namespace's generation in Redis (part of every key,
 //!   so no KEYS/SCAN is needed) and publishes the new generation. Each instance also keeps a
 //!   local epoch per namespace in its memory keys, so loads already in flight cannot resurrect
@@ -272,6 +273,8 @@ struct Entry {
     value: Arc<dyn Any + Send + Sync>,
     expires_at: Instant,
     source: Source,
+    /// The namespace's key-invalidation count when the load that made it started.
+    loaded_after: u64,
 }
 
 /// Per-entry TTL: each entry expires at the deadline it carries.
@@ -506,25 +509,43 @@ impl Cache {
         self.inner.stats.lookup(ns, Layer::Memory, false);
         let invalidations = &self.inner.invalidations[ns.index()];
         let before = invalidations.load(Ordering::SeqCst);
-        let filled = AtomicBool::new(false);
+        // Taken by whichever runs it: this caller's own load, or (below) this caller alone.
+        let fill = std::sync::Mutex::new(Some(fill));
+        let take = || fill.lock().ok().and_then(|mut f| f.take());
         let entry = self
             .inner
             .memory
             .try_get_with(memory_key.clone(), async {
-                filled.store(true, Ordering::Relaxed);
+                let fill = take()
+                    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("cache fill ran twice")))?;
                 let (value, expires_at, source) = Box::pin(fill()).await?;
                 Ok::<_, ApiError>(Entry {
                     value: Arc::new(value),
                     expires_at,
                     source,
+                    loaded_after: before,
                 })
             })
             .await
             .map_err(unshare)?;
-        if filled.load(Ordering::Relaxed) && invalidations.load(Ordering::SeqCst) != before {
-            // The load may have read what the invalidation replaced: serve it to this caller
-            // (the two overlapped), keep it for nobody.
-            self.inner.memory.invalidate(&memory_key).await;
+        match take() {
+            None if invalidations.load(Ordering::SeqCst) != before => {
+                // This caller's load may have read what an invalidation replaced: serve it to
+                // this caller (the two overlapped), keep it for nobody.
+                self.inner.memory.invalidate(&memory_key).await;
+            }
+            Some(fill) if entry.loaded_after < before => {
+                // This caller joined a load that started before an invalidation this caller
+                // came after (a read right after a write): its value may predate the write.
+                // Load for this caller alone.
+                let (value, expires_at, source) = Box::pin(fill()).await?;
+                return Ok(Cached {
+                    value: Arc::new(value),
+                    source,
+                    expires_at,
+                });
+            }
+            _ => {}
         }
         let value = entry.value.downcast::<T>().map_err(|_| {
             ApiError::Internal(anyhow::anyhow!(

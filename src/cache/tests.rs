@@ -353,3 +353,53 @@ async fn a_load_overlapping_an_invalidation_serves_its_caller_but_is_not_kept() 
             .await;
     }
 }
+
+/// A read that comes after a write's invalidation, while a load that started before it is
+/// still in flight, must not be handed that load's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_an_invalidation_does_not_join_a_load_that_started_before_it() {
+    const BEFORE: u32 = 1;
+    const AFTER: u32 = 2;
+    let cache = cache();
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let early = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load(
+                    Namespace::Profiles,
+                    Scope::Public,
+                    "amina",
+                    MINUTE,
+                    || async {
+                        let _ = loading_tx.send(());
+                        let _ = go_rx.await;
+                        Ok(BEFORE)
+                    },
+                )
+                .await
+                .map(|c| *c.value)
+        })
+    };
+    loading_rx.await.unwrap();
+    cache
+        .invalidate(Namespace::Profiles, Scope::Public, "amina")
+        .await;
+    let late = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load(Namespace::Profiles, Scope::Public, "amina", MINUTE, || {
+                    std::future::ready(Ok(AFTER))
+                })
+                .await
+                .map(|c| *c.value)
+        })
+    };
+    // Time for the late read to join the load in flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    go_tx.send(()).unwrap();
+    assert_eq!(early.await.unwrap().unwrap(), BEFORE);
+    assert_eq!(late.await.unwrap().unwrap(), AFTER);
+}
