@@ -286,6 +286,38 @@ async fn with_a_replica_invalidations_repeat_to_drop_copies_of_lagging_reads() {
     assert_eq!(load_count(&cache, Namespace::Blogs, "b", &loads).await, 5);
 }
 
+/// Starts a load of profile `amina` that returns `value` once `go` is sent; returns when the
+/// load is running.
+async fn load_held_until_go(
+    cache: &Cache,
+    value: u32,
+) -> (
+    tokio::task::JoinHandle<ApiResult<u32>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let cache = cache.clone();
+    let load = tokio::spawn(async move {
+        cache
+            .get_or_load(
+                Namespace::Profiles,
+                Scope::Public,
+                "amina",
+                MINUTE,
+                || async {
+                    let _ = loading_tx.send(());
+                    let _ = go_rx.await;
+                    Ok(value)
+                },
+            )
+            .await
+            .map(|c| *c.value)
+    });
+    loading_rx.await.unwrap();
+    (load, go_tx)
+}
+
 /// A load that read the database before a write, and finishes after that write's invalidation,
 /// must not leave its value in memory: its caller (concurrent with the write) gets it, the
 /// next reader loads afresh. The same for an invalidation from another instance.
@@ -302,28 +334,7 @@ async fn a_load_overlapping_an_invalidation_serves_its_caller_but_is_not_kept() 
     ))
     .unwrap();
     for from_another_instance in [false, true] {
-        let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let overtaken = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(
-                        Namespace::Profiles,
-                        Scope::Public,
-                        "amina",
-                        MINUTE,
-                        || async {
-                            let _ = loading_tx.send(());
-                            let _ = go_rx.await;
-                            Ok(BEFORE)
-                        },
-                    )
-                    .await
-                    .map(|c| *c.value)
-            })
-        };
-        loading_rx.await.unwrap();
+        let (overtaken, go_tx) = load_held_until_go(&cache, BEFORE).await;
         if from_another_instance {
             cache.apply_raw(&remote).await;
         } else {
@@ -361,28 +372,7 @@ async fn a_read_after_an_invalidation_does_not_join_a_load_that_started_before_i
     const BEFORE: u32 = 1;
     const AFTER: u32 = 2;
     let cache = cache();
-    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let early = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            cache
-                .get_or_load(
-                    Namespace::Profiles,
-                    Scope::Public,
-                    "amina",
-                    MINUTE,
-                    || async {
-                        let _ = loading_tx.send(());
-                        let _ = go_rx.await;
-                        Ok(BEFORE)
-                    },
-                )
-                .await
-                .map(|c| *c.value)
-        })
-    };
-    loading_rx.await.unwrap();
+    let (early, go_tx) = load_held_until_go(&cache, BEFORE).await;
     cache
         .invalidate(Namespace::Profiles, Scope::Public, "amina")
         .await;
