@@ -312,6 +312,8 @@ impl Config {
             return Err(err("DB_POOL_MIN", "must not exceed DB_POOL_MAX"));
         }
 
+        let request_timeout = duration(&get, "REQUEST_TIMEOUT", "30s")?;
+        let cache = cache_config(&get, request_timeout, database_read_url.is_some())?;
         let config = Config {
             environment,
             bind_addr: parse(
@@ -352,7 +354,7 @@ impl Config {
             cors_origins: list(get("CORS_ORIGINS")),
             trusted_proxies,
             body_limit_bytes: num(&get, "BODY_LIMIT_BYTES", 1024 * 1024)?,
-            request_timeout: duration(&get, "REQUEST_TIMEOUT", "30s")?,
+            request_timeout,
             header_read_timeout: duration(&get, "HEADER_READ_TIMEOUT", "10s")?,
             shutdown_grace: duration(&get, "SHUTDOWN_GRACE", "30s")?,
             shutdown_drain_delay: duration(
@@ -374,7 +376,7 @@ impl Config {
             redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "hakikisha:".into()),
             redis_timeout: duration(&get, "REDIS_TIMEOUT", "250ms")?,
             rate_limit: rate_limit_config(&get)?,
-            cache: cache_config(&get)?,
+            cache,
             vault_kdf: vault_kdf(&get, prod)?,
             ai: AiConfig::from_lookup(&get)?,
         };
@@ -466,8 +468,11 @@ pub fn parse_rate(raw: &str) -> Option<RateSpec> {
 /// `CACHE_MAX_KEYS` (at least 1) and TTLs (above zero); per-kind TTLs default to the figures
 /// in `docs/cache.md`, not to `CACHE_DEFAULT_TTL`, so changing the default changes only the
 /// data without a TTL of its own.
+/// `CACHE_*`, and what the cache derives from the request timeout and a read replica.
 fn cache_config(
     get: &impl Fn(&str) -> Option<String>,
+    request_timeout: Duration,
+    replica: bool,
 ) -> Result<crate::cache::CacheConfig, ConfigError> {
     let ttl = |var: &'static str, default: &str| {
         let d = duration(get, var, default)?;
@@ -493,8 +498,10 @@ fn cache_config(
             // Zero reads the account on every authenticated request.
             accounts: duration(get, "CACHE_TTL_ACCOUNTS", "30s")?,
         },
-        repeat_invalidation_after: None,
-        tombstone_ttl: crate::cache::MIN_TOMBSTONE_TTL,
+        // Beyond typical replica lag; see `CacheConfig::repeat_invalidation_after`.
+        repeat_invalidation_after: replica.then_some(Duration::from_secs(2)),
+        // A request's loads end with the request; see `CacheConfig::tombstone_ttl`.
+        tombstone_ttl: (2 * request_timeout).max(crate::cache::MIN_TOMBSTONE_TTL),
     })
 }
 
@@ -813,6 +820,17 @@ mod tests {
         let c = config(&[("CACHE_TTL_BLOGS", "2h"), ("CACHE_MAX_KEYS", "50")]).unwrap();
         assert_eq!(c.cache.ttls.blogs, Duration::from_secs(7200));
         assert_eq!(c.cache.max_keys, 50);
+        let c = config(&[("REQUEST_TIMEOUT", "45s")]).unwrap();
+        assert_eq!(c.cache.tombstone_ttl, Duration::from_secs(90));
+        let c = config(&[
+            ("DATABASE_URL", "postgres://db/app"),
+            ("DATABASE_READ_URL", "postgres://replica/app"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.cache.repeat_invalidation_after,
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(
             config(&[("CACHE_MAX_KEYS", "0")]).unwrap_err().var,
             "CACHE_MAX_KEYS"

@@ -72,13 +72,7 @@ impl App {
             None => None,
         };
         let limiter = Arc::new(ratelimit::Limiter::new(&config, redis.clone()));
-        let mut cache_config = config.cache;
-        if config.database_read_url.is_some() {
-            // Beyond typical replica lag; see `CacheConfig::repeat_invalidation_after`.
-            cache_config.repeat_invalidation_after = Some(Duration::from_secs(2));
-        }
-        cache_config.tombstone_ttl = (2 * config.request_timeout).max(cache::MIN_TOMBSTONE_TTL);
-        let cache = cache::Cache::new(cache_config, redis.clone());
+        let cache = cache::Cache::new(config.cache, redis.clone());
         let jobs = Arc::new(jobs::Scheduler::from_config(&config)?);
         let ai_config = config.ai.clone();
         let cache_ttl_ai = config.cache.ttls.ai;
