@@ -11,8 +11,8 @@
 //!   absolute deadline (`PXAT` plus an envelope), so an entry copied from Redis into memory never
 //!   outlives the first load.
 //! - **Invalidation.** A key invalidation drops the memory entry, replaces the Redis copy with a
-//!   tombstone (kept [`CacheConfig::tombstone_ttl`]) and publishes on `{prefix}cache:invalidate`; every other
-//!   instance drops its memory entry. A load stores its value in Redis only if the key still
+//!   tombstone (kept [`CacheConfig::tombstone_ttl`]) and publishes on
+//!   `{prefix}cache:invalidate`; every other instance drops its memory entry. A load stores its value in Redis only if the key still
 //!   holds what the load's Redis read found (one script call), so a load that read the database
 //!   before a write cannot put the old value back after that write's invalidation, on any
 //!   instance. In memory, a load that overlaps a key invalidation of its namespace (local, or
@@ -24,10 +24,10 @@
 //!   invalidated data locally.
 //! - **Redis down or slow.** Every Redis call is skipped while disconnected and bounded by
 //!   `REDIS_TIMEOUT` otherwise; failures are counted (`hakikisha_cache_errors_total`) and treated
-//!   as misses. Invalidations that could not reach Redis mark their namespace dirty; when Redis
-//!   is back the sync task re-reads the generations, drops the memory layer (messages may have
-//!   been missed) and bumps every dirty namespace, so no instance serves data older than the
-//!   outage's writes from Redis.
+//!   as misses. Invalidations that could not reach Redis mark their namespace dirty, and the
+//!   sync task bumps it once Redis answers (within a tick while connected; after a reconnect it
+//!   also re-reads the generations and drops the memory layer, as messages may have been
+//!   missed), so no instance serves data older than those writes from Redis for long.
 
 pub mod coding;
 pub mod http;
@@ -512,6 +512,12 @@ impl Cache {
         // Taken by whichever runs it: this caller's own load, or (below) this caller alone.
         let fill = std::sync::Mutex::new(Some(fill));
         let take = || fill.lock().ok().and_then(|mut f| f.take());
+        let guard = OverlapGuard {
+            inner: &self.inner,
+            ns,
+            key: &memory_key,
+            before,
+        };
         let entry = self
             .inner
             .memory
@@ -526,8 +532,10 @@ impl Cache {
                     loaded_after: before,
                 })
             })
-            .await
-            .map_err(unshare)?;
+            .await;
+        // Not cancelled: the check below is this caller's.
+        std::mem::forget(guard);
+        let entry = entry.map_err(unshare)?;
         match take() {
             None if invalidations.load(Ordering::SeqCst) != before => {
                 // This caller's load may have read what an invalidation replaced: serve it to
@@ -769,7 +777,7 @@ impl Cache {
         self.inner
             .stats
             .error(ns, Layer::Redis, ErrorKind::of(error));
-        tracing::warn!(namespace = %ns, error = %error, "cache invalidation did not reach redis; retried as a namespace invalidation when redis is back");
+        tracing::warn!(namespace = %ns, error = %error, "cache invalidation did not reach redis; replayed as a namespace invalidation as soon as redis answers");
     }
 
     /// The Redis copy with its deadline (never later than `ttl` from now), or what the key held
@@ -861,6 +869,29 @@ impl Cache {
                 stats.error(ns, Layer::Redis, ErrorKind::of(&e));
             }
         });
+    }
+}
+
+/// The overlap check of a caller cancelled while in [`Cache::get_or_fill`]'s `try_get_with`
+/// (its request timed out or its client went away), possibly after its load's entry was kept:
+/// if a key invalidation of the namespace came since the load began, the entry is dropped.
+/// Callers that were not cancelled `forget` it and check for themselves.
+struct OverlapGuard<'a> {
+    inner: &'a Inner,
+    ns: Namespace,
+    key: &'a str,
+    before: u64,
+}
+
+impl Drop for OverlapGuard<'_> {
+    fn drop(&mut self) {
+        if self.inner.invalidations[self.ns.index()].load(Ordering::SeqCst) == self.before {
+            return;
+        }
+        let (memory, key) = (self.inner.memory.clone(), self.key.to_owned());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { memory.invalidate(&key).await });
+        }
     }
 }
 

@@ -143,6 +143,9 @@ impl Cache {
                         continue;
                     }
                     if synced {
+                        // An invalidation that failed while connected (a timeout, an error
+                        // reply) is retried here, not only after a reconnect.
+                        self.replay_dirty().await;
                         continue;
                     }
                     if !subscribed {
@@ -181,12 +184,20 @@ impl Cache {
             self.inner.epochs[ns.index()].fetch_add(1, Ordering::SeqCst);
         }
         self.inner.memory.invalidate_all();
+        self.replay_dirty().await;
+        Ok(())
+    }
+
+    /// Replays each namespace with an invalidation that did not reach Redis as a namespace
+    /// invalidation: the key's old copy may still be in Redis, where every instance reads it. A
+    /// replay that fails marks the namespace dirty again, for the next tick.
+    async fn replay_dirty(&self) {
         for ns in Namespace::ALL {
             if self.inner.dirty[ns.index()].swap(false, Ordering::SeqCst) {
+                tracing::info!(namespace = %ns, "cache invalidation that missed redis replayed for the whole namespace");
                 self.invalidate_namespace_once(ns).await;
             }
         }
-        Ok(())
     }
 
     /// Applies one message from the channel; malformed or own messages are ignored.

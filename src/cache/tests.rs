@@ -393,3 +393,43 @@ async fn a_read_after_an_invalidation_does_not_join_a_load_that_started_before_i
     assert_eq!(early.await.unwrap().unwrap(), BEFORE);
     assert_eq!(late.await.unwrap().unwrap(), AFTER);
 }
+
+/// A caller cancelled after its load was kept in memory but before its overlap check (the
+/// await inside `try_get_with` is the only place that can happen, so the guard is driven
+/// directly): the entry goes if a key invalidation of the namespace came since the load began,
+/// and stays otherwise.
+#[tokio::test]
+async fn a_cancelled_callers_overlap_check_still_runs() {
+    let cache = cache();
+    let loads = AtomicUsize::new(0);
+    let ns = Namespace::Profiles;
+    let key = cache.memory_key(ns, Scope::Public, "p");
+    let counted = |cache: &Cache| cache.inner.invalidations[ns.index()].load(Ordering::SeqCst);
+    let cancelled = |cache: &Cache, before: u64| {
+        drop(OverlapGuard {
+            inner: &cache.inner,
+            ns,
+            key: &key,
+            before,
+        })
+    };
+    let held = || async {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        cache.inner.memory.contains_key(&key)
+    };
+
+    assert_eq!(load_count(&cache, ns, "p", &loads).await, 0);
+    cancelled(&cache, counted(&cache));
+    assert!(
+        held().await,
+        "no invalidation since the load began: the entry stays"
+    );
+
+    let before = counted(&cache);
+    cache.invalidate(ns, Scope::Public, "another").await;
+    cancelled(&cache, before);
+    assert!(!held().await, "the overlapped entry is dropped");
+    assert_eq!(load_count(&cache, ns, "p", &loads).await, 1);
+}

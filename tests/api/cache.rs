@@ -313,22 +313,6 @@ backend_tests! {
     }
 }
 
-/// Polls `check` every 50 ms until it holds or `limit` passes; returns the time it took.
-async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
 async fn wait_listening(app: &TestApp) {
     assert!(
         within(Duration::from_secs(10), || async {
@@ -558,12 +542,40 @@ impl PrivateRedis {
             .map(str::to_owned)
             .collect()
     }
+
+    /// `redis-cli` against this server; its output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether the fault tests can start a private `redis-server`; without one they skip, unless
+/// services are required.
+fn redis_server_installed() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        !require_services(),
+        "redis-server is required for the fault tests"
+    );
+    eprintln!("SKIPPED: redis-server is not installed");
+    false
 }
 
 fn free_port() -> u16 {
@@ -576,16 +588,7 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_fails_no_request_and_the_cache_uses_redis_again_after() {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            !require_services(),
-            "redis-server is required for the fault test"
-        );
-        eprintln!("SKIPPED: redis-server is not installed");
+    if !redis_server_installed() {
         return;
     }
     let port = free_port();
@@ -785,4 +788,54 @@ async fn a_load_overtaken_by_an_invalidation_never_stores_its_old_value_in_redis
     let _: i64 = fred::interfaces::KeysInterface::del(&redis.cmd(), keys)
         .await
         .unwrap();
+}
+
+/// Redis stays connected but refuses the invalidation's tombstone (here: `SET` denied by ACL;
+/// in production a timeout or an error reply). The key's old copy stays in Redis, where every
+/// instance, this one included, would read it until its TTL: the namespace is invalidated
+/// instead as soon as Redis answers, without waiting for a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_refused_by_a_connected_redis_is_replayed_for_its_namespace() {
+    if !redis_server_installed() {
+        return;
+    }
+    let port = free_port();
+    let redis = PrivateRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[("REDIS_URL", &url), ("REDIS_KEY_PREFIX", "refused:")],
+    )
+    .await
+    .unwrap();
+    wait_listening(&app).await;
+    let (_, checker) = app.user_with_role("checker", "fact_checker").await;
+    let stored = within(Duration::from_secs(5), || async {
+        app.get("/api/v1/users/checker", None).await.assert(200);
+        !redis.keys("refused:cache:profiles:0:*").is_empty()
+    })
+    .await;
+    assert!(stored.is_some(), "the profile reaches Redis");
+
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "-set"]), "OK");
+    app.request(
+        reqwest::Method::PATCH,
+        "/api/v1/users/me",
+        Some(&checker),
+        Some(json!({"display_name": "Renamed"})),
+    )
+    .await
+    .assert(200);
+    let errors = namespace(&app, "profiles").errors;
+    assert!(errors > 0, "the refused tombstone is counted");
+    let fresh = within(Duration::from_secs(5), || async {
+        app.get("/api/v1/users/checker", None).await.body["display_name"] == "Renamed"
+    })
+    .await;
+    assert!(
+        fresh.is_some(),
+        "the profile is still served from Redis's old copy"
+    );
+    assert_eq!(redis.cli(&["GET", "refused:cache:gen:profiles"]), "1");
+    drop(app);
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     backend_tests,
-    helpers::{Backend, TestApp},
+    helpers::{Backend, TestApp, within},
 };
 
 backend_tests! {
@@ -305,15 +305,12 @@ backend_tests! {
         for _ in 0..3 {
             app.get(&format!("/api/v1/claims/{id}"), None).await.assert(200);
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let claim = store::get(&app.db, id.parse().unwrap()).await.unwrap().unwrap();
-            if claim.view_count == 3 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "views not written: {}", claim.view_count);
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let written = within(std::time::Duration::from_secs(10), || async {
+            store::get(&app.db, id.parse().unwrap()).await.unwrap().unwrap().view_count == 3
+        })
+        .await;
+        let views = store::get(&app.db, id.parse().unwrap()).await.unwrap().unwrap().view_count;
+        assert!(written.is_some(), "views not written: {views}");
     }
 
     async fn pages_have_no_gaps_or_duplicates_while_claims_are_added(app) {

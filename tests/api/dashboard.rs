@@ -85,16 +85,12 @@ backend_tests! {
         let started = post("/admin/jobs/run", vec![("csrf", csrf.clone()), ("job", "daily_report".into())]).await.unwrap();
         assert_eq!(started.status(), StatusCode::SEE_OTHER);
         let admin = app.admin_token().await;
-        let mut ran = false;
-        for _ in 0..100 {
+        let ran = crate::helpers::within(std::time::Duration::from_secs(10), || async {
             let runs = app.get("/api/v1/admin/jobs/daily_report/runs", Some(&admin)).await;
-            if runs.body["items"].as_array().is_some_and(|a| a.iter().any(|r| r["status"] == "ok")) {
-                ran = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert!(ran, "the dashboard's run-now started daily_report");
+            runs.body["items"].as_array().is_some_and(|a| a.iter().any(|r| r["status"] == "ok"))
+        })
+        .await;
+        assert!(ran.is_some(), "the dashboard's run-now started daily_report");
 
         // Unblock: exceed the auth tier from a client, see it listed, lift it.
         for _ in 0..3 {

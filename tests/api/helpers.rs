@@ -258,10 +258,10 @@ impl TestApp {
         // memory layer at a moment of its own: a test that had just filled it would see a
         // Redis hit where it expects a memory hit. Tests start once it has happened.
         if state.redis.as_ref().is_some_and(|r| r.is_up()) {
-            let started = std::time::Instant::now();
-            while !state.cache.is_listening() && started.elapsed() < Duration::from_secs(10) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            within(Duration::from_secs(10), || async {
+                state.cache.is_listening()
+            })
+            .await;
         }
         Self {
             addr,
@@ -467,4 +467,20 @@ macro_rules! backend_tests {
             }
         )*
     };
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes; returns the time it took.
+pub async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }

@@ -274,12 +274,7 @@ backend_tests! {
         })).unwrap();
         let admin = app.admin_token().await;
         app.post("/api/v1/admin/jobs/gated/run", Some(&admin), json!({})).await.assert(202);
-        for _ in 0..300 {
-            if app.state.jobs.is_running("gated") == Some(true) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        within(Duration::from_secs(6), || async { app.state.jobs.is_running("gated") == Some(true) }).await;
         assert_eq!(app.state.jobs.is_running("gated"), Some(true));
         let res = app.post("/api/v1/admin/jobs/gated/run", Some(&admin), json!({})).await;
         res.assert(409);
@@ -290,12 +285,7 @@ backend_tests! {
         gate.add_permits(1);
         wait_for_run(&app, &admin, "gated", "ok").await;
         // The run is recorded before the job lock is released (a round trip on PostgreSQL).
-        for _ in 0..250 {
-            if app.state.jobs.is_running("gated") == Some(false) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        within(Duration::from_secs(6), || async { app.state.jobs.is_running("gated") == Some(false) }).await;
         assert_eq!(app.state.jobs.is_running("gated"), Some(false));
         gate.add_permits(1);
         app.post("/api/v1/admin/jobs/gated/run", Some(&admin), json!({})).await.assert(202);
@@ -346,12 +336,7 @@ backend_tests! {
         })).unwrap();
         let admin = app.admin_token().await;
         app.post("/api/v1/admin/jobs/endless/run", Some(&admin), json!({})).await.assert(202);
-        for _ in 0..300 {
-            if app.state.jobs.is_running("endless") == Some(true) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        within(Duration::from_secs(6), || async { app.state.jobs.is_running("endless") == Some(true) }).await;
         assert_eq!(app.state.jobs.is_running("endless"), Some(true));
         app.trigger_shutdown();
         let server = app.server.take().unwrap();
