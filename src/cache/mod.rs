@@ -12,10 +12,10 @@
 //!   outlives the first load.
 //! - **Invalidation.** A key invalidation drops the memory entry, replaces the Redis copy with a
 //!   tombstone (kept [`CacheConfig::tombstone_ttl`]) and publishes on
-//!   `{prefix}cache:invalidate`; every other instance drops its memory entry. A load stores its value in Redis only if the key still
-//!   holds what the load's Redis read found (one script call), so a load that read the database
-//!   before a write cannot put the old value back after that write's invalidation, on any
-//!   instance. In memory, a load that overlaps a key invalidation of its namespace (local, or
+//!   `{prefix}cache:invalidate`; every other instance drops its memory entry. A load's Redis
+//!   read leaves its lease on an empty key, and the load stores its value only over that lease
+//!   (one script call each), so a load that read the database before a write cannot put the
+//!   old value back after that write's invalidation, on any instance. In memory, a load that overlaps a key invalidation of its namespace (local, or
 //!   from another instance) serves its caller but drops its entry at once, and a read that came
 //!   after the invalidation does not join it. A
 //!   namespace invalidation increments the namespace's generation in Redis (part of every key,
@@ -67,10 +67,21 @@ use crate::{
 pub const CHANNEL: &str = "cache:invalidate";
 /// The shortest [`CacheConfig::tombstone_ttl`] the service uses.
 pub const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
-/// Tombstones start with this; stored values start with their deadline's digits.
+/// Tombstones and leases start with this; stored values start with their deadline's digits.
 const TOMBSTONE_MARK: char = '!';
-/// Stores `ARGV[2]` until `ARGV[3]` (Unix ms) only if the key still holds `ARGV[1]` (empty:
-/// nothing). An invalidation since the caller read the key left another tombstone there.
+/// A load's read of its key: a value is returned as is; anything else there (nothing, a
+/// tombstone, another load's lease) is replaced by this load's lease `ARGV[1]`, kept `ARGV[2]`
+/// ms, and nil is returned. The load stores its value only where its lease still is: an
+/// invalidation since replaced it, an eviction or a Redis restart emptied the key.
+const READ_OR_LEASE: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 1) ~= '!' then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#;
+/// Stores `ARGV[2]` until `ARGV[3]` (Unix ms) only if the key still holds `ARGV[1]`: a load's
+/// lease, when it stores its value; a value that could not be used, when a load takes its
+/// lease over it.
 const STORE_IF_UNCHANGED: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if (current or '') ~= ARGV[1] then return 0 end
@@ -209,10 +220,9 @@ pub struct CacheConfig {
     /// right after a write may load the old row from a lagging replica and cache it, and the
     /// repeat drops that copy once the replica has caught up.
     pub repeat_invalidation_after: Option<Duration>,
-    /// How long the Redis tombstone of a key invalidation lasts. Longer than any load, so that
-    /// a load which found the key empty before the invalidation finds the tombstone, not an
-    /// empty key again, when it comes to store. The service uses 2 x `REQUEST_TIMEOUT`, at
-    /// least 60 s: a request's loads end with the request.
+    /// How long a key invalidation's Redis tombstone and a load's lease last. Longer than any
+    /// load, whose lease must still be there when it stores. The service uses 2 x
+    /// `REQUEST_TIMEOUT`, at least 60 s: a request's loads end with the request.
     pub tombstone_ttl: Duration,
 }
 
@@ -313,6 +323,8 @@ struct Inner {
     /// Key invalidations per namespace seen by this instance (its own and other instances').
     /// A load that overlaps one drops its memory entry; numbers this instance's tombstones.
     invalidations: [AtomicU64; Namespace::ALL.len()],
+    /// Numbers this instance's leases.
+    leases: AtomicU64,
     /// Namespaces with an invalidation that did not reach Redis.
     dirty: [AtomicBool; Namespace::ALL.len()],
     /// Whether this instance currently receives other instances' invalidations.
@@ -393,6 +405,7 @@ impl Cache {
                 generations: Default::default(),
                 epochs: Default::default(),
                 invalidations: Default::default(),
+                leases: AtomicU64::new(0),
                 dirty: Default::default(),
                 listening: AtomicBool::new(false),
                 stats,
@@ -427,15 +440,15 @@ impl Cache {
         }
         self.get_or_fill(ns, scope, key, || async {
             let redis_key = self.redis_key(ns, scope, key);
-            let seen = match self.redis_get::<T>(ns, &redis_key, ttl).await {
+            let lease = match self.redis_get::<T>(ns, &redis_key, ttl).await {
                 RedisCopy::Hit(value, expires_at) => return Ok((value, expires_at, Source::Redis)),
-                RedisCopy::Miss { seen } => Some(seen),
+                RedisCopy::Miss { lease } => Some(lease),
                 RedisCopy::Unknown => None,
             };
             self.inner.stats.load(ns);
             let value = load().await?;
-            if let Some(seen) = seen {
-                self.redis_put(ns, redis_key, seen, &value, ttl);
+            if let Some(lease) = lease {
+                self.redis_put(ns, redis_key, lease, &value, ttl);
             }
             Ok((value, Instant::now() + ttl, Source::Loader))
         })
@@ -780,8 +793,8 @@ impl Cache {
         tracing::warn!(namespace = %ns, error = %error, "cache invalidation did not reach redis; replayed as a namespace invalidation as soon as redis answers");
     }
 
-    /// The Redis copy with its deadline (never later than `ttl` from now), or what the key held
-    /// instead.
+    /// The Redis copy with its deadline (never later than `ttl` from now), or, when there is
+    /// none, the lease this load took on the key (see [`READ_OR_LEASE`]).
     async fn redis_get<T: DeserializeOwned>(
         &self,
         ns: Namespace,
@@ -797,7 +810,19 @@ impl Cache {
                 .error(ns, Layer::Redis, ErrorKind::Unavailable);
             return RedisCopy::Unknown;
         }
-        let raw: Option<String> = match redis.cmd().get(key).await {
+        let n = self.inner.leases.fetch_add(1, Ordering::Relaxed) + 1;
+        let lease = format!("{TOMBSTONE_MARK}lease.{}.{n}", self.inner.instance);
+        let lease_ms = self.inner.config.tombstone_ttl.as_millis() as i64;
+        let args = || {
+            vec![
+                Value::from(scripts().read_or_lease.sha1().clone()),
+                Value::from(1),
+                Value::from(key),
+                Value::from(lease.as_str()),
+                Value::from(lease_ms),
+            ]
+        };
+        let raw: Option<String> = match redis.evalsha(|| READ_OR_LEASE.to_owned(), args).await {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::debug!(namespace = %ns, error = %e, "cache read from redis failed; treated as a miss");
@@ -805,35 +830,52 @@ impl Cache {
                 return RedisCopy::Unknown;
             }
         };
-        let raw = raw.unwrap_or_default();
-        if raw.is_empty() || raw.starts_with(TOMBSTONE_MARK) {
+        let Some(raw) = raw else {
             self.inner.stats.lookup(ns, Layer::Redis, false);
-            return RedisCopy::Miss { seen: raw };
-        }
+            return RedisCopy::Miss { lease };
+        };
         match envelope::decode::<T>(&raw) {
             Some((value, remaining)) if !remaining.is_zero() => {
                 self.inner.stats.lookup(ns, Layer::Redis, true);
-                RedisCopy::Hit(value, Instant::now() + remaining.min(ttl))
+                return RedisCopy::Hit(value, Instant::now() + remaining.min(ttl));
             }
-            Some(_) => {
-                self.inner.stats.lookup(ns, Layer::Redis, false);
-                RedisCopy::Miss { seen: raw }
-            }
-            None => {
-                self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode);
-                RedisCopy::Miss { seen: raw }
+            Some(_) => self.inner.stats.lookup(ns, Layer::Redis, false),
+            None => self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode),
+        }
+        // Expired, or of another shape (written by another version): this load replaces it.
+        let deadline = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(lease_ms);
+        let args = || {
+            vec![
+                Value::from(scripts().store_if_unchanged.sha1().clone()),
+                Value::from(1),
+                Value::from(key),
+                Value::from(raw.as_str()),
+                Value::from(lease.as_str()),
+                Value::from(deadline),
+            ]
+        };
+        match redis
+            .evalsha::<i64>(|| STORE_IF_UNCHANGED.to_owned(), args)
+            .await
+        {
+            Ok(1) => RedisCopy::Miss { lease },
+            Ok(_) => RedisCopy::Unknown,
+            Err(e) => {
+                self.inner.stats.error(ns, Layer::Redis, ErrorKind::of(&e));
+                RedisCopy::Unknown
             }
         }
     }
 
     /// Stores a loaded value in Redis in the background (the caller already has it, and a slow
-    /// Redis must not delay the response), if the key still holds `seen`: what the load's own
-    /// Redis read found there.
+    /// Redis must not delay the response), if the key still holds the load's `lease`.
     fn redis_put<T: Serialize>(
         &self,
         ns: Namespace,
         key: String,
-        seen: String,
+        lease: String,
         value: &T,
         ttl: Duration,
     ) {
@@ -854,10 +896,10 @@ impl Cache {
         tokio::spawn(async move {
             let args = || {
                 vec![
-                    Value::from(store_if_unchanged().sha1().clone()),
+                    Value::from(scripts().store_if_unchanged.sha1().clone()),
                     Value::from(1),
                     Value::from(key.as_str()),
-                    Value::from(seen.as_str()),
+                    Value::from(lease.as_str()),
                     Value::from(payload.as_str()),
                     Value::from(expires_at_ms),
                 ]
@@ -898,19 +940,28 @@ impl Drop for OverlapGuard<'_> {
 /// What a load's Redis read found.
 enum RedisCopy<T> {
     Hit(T, Instant),
-    /// No usable copy; `seen` is what the key held (empty: nothing), the condition for storing
-    /// the loaded value.
+    /// No usable copy; the key now holds this load's `lease`, the condition for storing the
+    /// loaded value.
     Miss {
-        seen: String,
+        lease: String,
     },
-    /// Redis is off, down or did not answer: the loaded value is not stored there.
+    /// Redis is off, down or did not answer, or the key changed under this load: the loaded
+    /// value is not stored there.
     Unknown,
 }
 
-/// [`STORE_IF_UNCHANGED`] with its SHA-1, computed once.
-fn store_if_unchanged() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::from_lua(STORE_IF_UNCHANGED))
+/// The cache's Lua scripts with their SHA-1s, computed once.
+struct Scripts {
+    read_or_lease: Script,
+    store_if_unchanged: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        read_or_lease: Script::from_lua(READ_OR_LEASE),
+        store_if_unchanged: Script::from_lua(STORE_IF_UNCHANGED),
+    })
 }
 
 /// Redis values are `"{deadline in Unix ms}\n{json}"`, so a copy read by another instance keeps

@@ -730,32 +730,57 @@ async fn a_load_overtaken_by_an_invalidation_never_stores_its_old_value_in_redis
     .await
     .expect("an undisturbed load is stored in Redis");
 
-    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let overtaken = {
+    // A load on A that read the database before a write; it returns once `go` is sent.
+    let held_load = |key: &'static str| {
         let a = a.clone();
-        tokio::spawn(async move {
-            a.get_or_load(Namespace::Profiles, Scope::Public, "amina", ttl, || async {
-                let _ = loading_tx.send(());
-                let _ = go_rx.await;
-                Ok("before the write".to_owned())
-            })
-            .await
-            .map(|c| (*c.value).clone())
-        })
+        async move {
+            let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
+            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+            let load = tokio::spawn(async move {
+                a.get_or_load(Namespace::Profiles, Scope::Public, key, ttl, || async {
+                    let _ = loading_tx.send(());
+                    let _ = go_rx.await;
+                    Ok("before the write".to_owned())
+                })
+                .await
+                .map(|c| (*c.value).clone())
+            });
+            loading_rx.await.unwrap();
+            (load, go_tx)
+        }
     };
-    loading_rx.await.unwrap();
+    // Twice the time the control's store took, and then some: the old value would be there.
+    let stored_by_now = |key: &'static str| async move {
+        tokio::time::sleep(took * 2 + Duration::from_millis(300)).await;
+        stored(key).await
+    };
+
+    let (overtaken, go) = held_load("amina").await;
     b.invalidate(Namespace::Profiles, Scope::Public, "amina")
         .await;
-    go_tx.send(()).unwrap();
+    go.send(()).unwrap();
     assert_eq!(overtaken.await.unwrap().unwrap(), "before the write");
-    // Twice the time the control's store took, and then some: the old value would be there.
-    tokio::time::sleep(took * 2 + Duration::from_millis(300)).await;
-    let held = stored("amina").await;
+    let held = stored_by_now("amina").await;
     assert!(
         held.starts_with('!'),
         "Redis holds {held:?}, not the invalidation's tombstone"
     );
+
+    // The same, but the tombstone is lost before the load stores (evicted under `maxmemory`,
+    // or Redis restarted): the key is empty again, and still the old value must not land.
+    let (overtaken, go) = held_load("zawadi").await;
+    b.invalidate(Namespace::Profiles, Scope::Public, "zawadi")
+        .await;
+    let _: i64 = fred::interfaces::KeysInterface::del(
+        &redis.cmd(),
+        redis.key("cache:profiles:0:pub:zawadi"),
+    )
+    .await
+    .unwrap();
+    go.send(()).unwrap();
+    assert_eq!(overtaken.await.unwrap().unwrap(), "before the write");
+    let held = stored_by_now("zawadi").await;
+    assert!(held.is_empty(), "Redis holds {held:?}, not nothing");
 
     // A load after the invalidation replaces the tombstone, and other instances read it.
     let fresh = b
@@ -781,7 +806,7 @@ async fn a_load_overtaken_by_an_invalidation_never_stores_its_old_value_in_redis
         (read.value.as_str(), read.source),
         ("after the write", Source::Redis)
     );
-    let keys: Vec<String> = ["control", "amina"]
+    let keys: Vec<String> = ["control", "amina", "zawadi"]
         .iter()
         .map(|k| redis.key(&format!("cache:profiles:0:pub:{k}")))
         .collect();
