@@ -69,19 +69,11 @@ pub const CHANNEL: &str = "cache:invalidate";
 pub const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// Tombstones and leases start with this; stored values start with their deadline's digits.
 const TOMBSTONE_MARK: char = '!';
-/// A load's read of its key: a value is returned as is; anything else there (nothing, a
-/// tombstone, another load's lease) is replaced by this load's lease `ARGV[1]`, kept `ARGV[2]`
-/// ms, and nil is returned. The load stores its value only where its lease still is: an
-/// invalidation since replaced it, an eviction or a Redis restart emptied the key.
-const READ_OR_LEASE: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, 1) ~= '!' then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"#;
-/// Stores `ARGV[2]` until `ARGV[3]` (Unix ms) only if the key still holds `ARGV[1]`: a load's
-/// lease, when it stores its value; a value that could not be used, when a load takes its
-/// lease over it.
+/// Stores `ARGV[2]` until `ARGV[3]` (Unix ms) only if the key still holds `ARGV[1]` (empty:
+/// nothing). A load takes its lease with it, over what its read found (nothing, a tombstone,
+/// another load's lease, an unusable copy), before it loads; it stores its value with it, over
+/// its lease. An invalidation in between replaced the lease; an eviction or a Redis restart
+/// emptied the key: either way the load's value is not stored.
 const STORE_IF_UNCHANGED: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if (current or '') ~= ARGV[1] then return 0 end
@@ -794,7 +786,7 @@ impl Cache {
     }
 
     /// The Redis copy with its deadline (never later than `ttl` from now), or, when there is
-    /// none, the lease this load took on the key (see [`READ_OR_LEASE`]).
+    /// none, the lease this load took on the key (see [`STORE_IF_UNCHANGED`]).
     async fn redis_get<T: DeserializeOwned>(
         &self,
         ns: Namespace,
@@ -810,19 +802,7 @@ impl Cache {
                 .error(ns, Layer::Redis, ErrorKind::Unavailable);
             return RedisCopy::Unknown;
         }
-        let n = self.inner.leases.fetch_add(1, Ordering::Relaxed) + 1;
-        let lease = format!("{TOMBSTONE_MARK}lease.{}.{n}", self.inner.instance);
-        let lease_ms = self.inner.config.tombstone_ttl.as_millis() as i64;
-        let args = || {
-            vec![
-                Value::from(scripts().read_or_lease.sha1().clone()),
-                Value::from(1),
-                Value::from(key),
-                Value::from(lease.as_str()),
-                Value::from(lease_ms),
-            ]
-        };
-        let raw: Option<String> = match redis.evalsha(|| READ_OR_LEASE.to_owned(), args).await {
+        let raw: Option<String> = match redis.cmd().get(key).await {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::debug!(namespace = %ns, error = %e, "cache read from redis failed; treated as a miss");
@@ -830,28 +810,34 @@ impl Cache {
                 return RedisCopy::Unknown;
             }
         };
-        let Some(raw) = raw else {
+        let seen = raw.unwrap_or_default();
+        if seen.is_empty() || seen.starts_with(TOMBSTONE_MARK) {
             self.inner.stats.lookup(ns, Layer::Redis, false);
-            return RedisCopy::Miss { lease };
-        };
-        match envelope::decode::<T>(&raw) {
-            Some((value, remaining)) if !remaining.is_zero() => {
-                self.inner.stats.lookup(ns, Layer::Redis, true);
-                return RedisCopy::Hit(value, Instant::now() + remaining.min(ttl));
+        } else {
+            match envelope::decode::<T>(&seen) {
+                Some((value, remaining)) if !remaining.is_zero() => {
+                    self.inner.stats.lookup(ns, Layer::Redis, true);
+                    return RedisCopy::Hit(value, Instant::now() + remaining.min(ttl));
+                }
+                // Expired, or of another shape (written by another version): replaced below.
+                Some(_) => self.inner.stats.lookup(ns, Layer::Redis, false),
+                None => self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode),
             }
-            Some(_) => self.inner.stats.lookup(ns, Layer::Redis, false),
-            None => self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode),
         }
-        // Expired, or of another shape (written by another version): this load replaces it.
+        // The lease is taken before the load reads anything: an invalidation before it came
+        // after its write, which the load then reads; one after it replaces the lease.
+        let n = self.inner.leases.fetch_add(1, Ordering::Relaxed) + 1;
+        let lease = format!("{TOMBSTONE_MARK}lease.{}.{n}", self.inner.instance);
+        let lease_ms = i64::try_from(self.inner.config.tombstone_ttl.as_millis()).unwrap_or(60_000);
         let deadline = chrono::Utc::now()
             .timestamp_millis()
             .saturating_add(lease_ms);
         let args = || {
             vec![
-                Value::from(scripts().store_if_unchanged.sha1().clone()),
+                Value::from(store_if_unchanged().sha1().clone()),
                 Value::from(1),
                 Value::from(key),
-                Value::from(raw.as_str()),
+                Value::from(seen.as_str()),
                 Value::from(lease.as_str()),
                 Value::from(deadline),
             ]
@@ -861,6 +847,7 @@ impl Cache {
             .await
         {
             Ok(1) => RedisCopy::Miss { lease },
+            // The key changed since the read: whatever changed it wins.
             Ok(_) => RedisCopy::Unknown,
             Err(e) => {
                 self.inner.stats.error(ns, Layer::Redis, ErrorKind::of(&e));
@@ -896,7 +883,7 @@ impl Cache {
         tokio::spawn(async move {
             let args = || {
                 vec![
-                    Value::from(scripts().store_if_unchanged.sha1().clone()),
+                    Value::from(store_if_unchanged().sha1().clone()),
                     Value::from(1),
                     Value::from(key.as_str()),
                     Value::from(lease.as_str()),
@@ -950,18 +937,10 @@ enum RedisCopy<T> {
     Unknown,
 }
 
-/// The cache's Lua scripts with their SHA-1s, computed once.
-struct Scripts {
-    read_or_lease: Script,
-    store_if_unchanged: Script,
-}
-
-fn scripts() -> &'static Scripts {
-    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
-    SCRIPTS.get_or_init(|| Scripts {
-        read_or_lease: Script::from_lua(READ_OR_LEASE),
-        store_if_unchanged: Script::from_lua(STORE_IF_UNCHANGED),
-    })
+/// [`STORE_IF_UNCHANGED`] with its SHA-1, computed once.
+fn store_if_unchanged() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::from_lua(STORE_IF_UNCHANGED))
 }
 
 /// Redis values are `"{deadline in Unix ms}\n{json}"`, so a copy read by another instance keeps
