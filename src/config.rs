@@ -465,10 +465,10 @@ pub fn parse_rate(raw: &str) -> Option<RateSpec> {
     (limit >= 1 && window >= Duration::from_secs(1)).then_some(RateSpec { limit, window })
 }
 
-/// `CACHE_MAX_KEYS` (at least 1) and TTLs (above zero); per-kind TTLs default to the figures
-/// in `docs/cache.md`, not to `CACHE_DEFAULT_TTL`, so changing the default changes only the
-/// data without a TTL of its own.
 /// `CACHE_*`, and what the cache derives from the request timeout and a read replica.
+/// `CACHE_MAX_KEYS` is at least 1 and TTLs above zero; per-kind TTLs default to the figures in
+/// `docs/cache.md`, not to `CACHE_DEFAULT_TTL`, so changing the default changes only the data
+/// without a TTL of its own.
 fn cache_config(
     get: &impl Fn(&str) -> Option<String>,
     request_timeout: Duration,

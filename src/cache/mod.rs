@@ -4,30 +4,31 @@
 //! data) and a TTL, and [`Cache::invalidate`] / [`Cache::invalidate_namespace`] after writes.
 //! Nobody else talks to Redis for cached data.
 //!
-//! - **Layers.** A memory hit costs a hash lookup; a memory miss asks Redis (bounded by
-//!   `REDIS_TIMEOUT`), then the loader. Concurrent misses on one key run that whole sequence
-//!   once (moka's `try_get_with`), so a stampede costs one Redis read or one load.
+//! - **Layers.** A memory hit costs a hash lookup; a memory miss asks Redis (a `GET`, and on
+//!   a Redis miss a lease, below; each bounded by `REDIS_TIMEOUT`), then the loader. Concurrent
+//!   misses on one key run that whole sequence once (moka's `try_get_with`), so a stampede
+//!   costs one Redis read or one load per instance.
 //! - **TTL.** Each entry carries its own deadline (moka `Expiry`), and Redis stores the same
 //!   absolute deadline (`PXAT` plus an envelope), so an entry copied from Redis into memory never
 //!   outlives the first load.
 //! - **Invalidation.** A key invalidation drops the memory entry, replaces the Redis copy with a
 //!   tombstone (kept [`CacheConfig::tombstone_ttl`]) and publishes on
-//!   `{prefix}cache:invalidate`; every other instance drops its memory entry. A load's Redis
-//!   read leaves its lease on an empty key, and the load stores its value only over that lease
-//!   (one script call each), so a load that read the database before a write cannot put the
-//!   old value back after that write's invalidation, on any instance. In memory, a load that overlaps a key invalidation of its namespace (local, or
-//!   from another instance) serves its caller but drops its entry at once, and a read that came
-//!   after the invalidation does not join it. A
-//!   namespace invalidation increments the namespace's generation in Redis (part of every key,
-//!   so no KEYS/SCAN is needed) and publishes the new generation. Each instance also keeps a
-//!   local epoch per namespace in its memory keys, so loads already in flight cannot resurrect
-//!   invalidated data locally.
+//!   `{prefix}cache:invalidate`; every other instance drops its memory entry. A load that found
+//!   no usable value in Redis puts its lease on the key before it loads, and stores its value
+//!   only over that lease (one script call each), so a load that read the database before a
+//!   write cannot put the old value back after that write's invalidation, on any instance. In
+//!   memory, a load that overlaps a key invalidation of its namespace (local, or from another
+//!   instance) serves its caller but drops its entry at once, and a read that came after the
+//!   invalidation does not join it. A namespace invalidation increments the namespace's
+//!   generation in Redis (part of every key, so no KEYS/SCAN is needed) and publishes the new
+//!   generation. Each instance also keeps a local epoch per namespace in its memory keys, so
+//!   loads already in flight cannot resurrect invalidated data locally.
 //! - **Redis down or slow.** Every Redis call is skipped while disconnected and bounded by
 //!   `REDIS_TIMEOUT` otherwise; failures are counted (`hakikisha_cache_errors_total`) and treated
 //!   as misses. Invalidations that could not reach Redis mark their namespace dirty, and the
-//!   sync task bumps it once Redis answers (within a tick while connected; after a reconnect it
-//!   also re-reads the generations and drops the memory layer, as messages may have been
-//!   missed), so no instance serves data older than those writes from Redis for long.
+//!   sync task bumps its generation once Redis answers (while connected: on the next tick,
+//!   backing off to every 30 s while Redis keeps refusing; after a reconnect it also re-reads
+//!   the generations and drops the memory layer, as messages may have been missed).
 
 pub mod coding;
 pub mod http;
@@ -517,11 +518,14 @@ impl Cache {
         // Taken by whichever runs it: this caller's own load, or (below) this caller alone.
         let fill = std::sync::Mutex::new(Some(fill));
         let take = || fill.lock().ok().and_then(|mut f| f.take());
-        let guard = OverlapGuard {
+        // Whether this caller's own load ran and is not yet checked for an overlap.
+        let unchecked = AtomicBool::new(false);
+        let _guard = OverlapGuard {
             inner: &self.inner,
             ns,
             key: &memory_key,
             before,
+            unchecked: &unchecked,
         };
         let entry = self
             .inner
@@ -529,6 +533,7 @@ impl Cache {
             .try_get_with(memory_key.clone(), async {
                 let fill = take()
                     .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("cache fill ran twice")))?;
+                unchecked.store(true, Ordering::SeqCst);
                 let (value, expires_at, source) = Box::pin(fill()).await?;
                 Ok::<_, ApiError>(Entry {
                     value: Arc::new(value),
@@ -537,15 +542,16 @@ impl Cache {
                     loaded_after: before,
                 })
             })
-            .await;
-        // Not cancelled: the check below is this caller's.
-        std::mem::forget(guard);
-        let entry = entry.map_err(unshare)?;
+            .await
+            .map_err(unshare)?;
         match take() {
-            None if invalidations.load(Ordering::SeqCst) != before => {
-                // This caller's load may have read what an invalidation replaced: serve it to
-                // this caller (the two overlapped), keep it for nobody.
-                self.inner.memory.invalidate(&memory_key).await;
+            None => {
+                if invalidations.load(Ordering::SeqCst) != before {
+                    // This caller's load may have read what an invalidation replaced: serve
+                    // it to this caller (the two overlapped), keep it for nobody.
+                    self.inner.memory.invalidate(&memory_key).await;
+                }
+                unchecked.store(false, Ordering::SeqCst);
             }
             Some(fill) if entry.loaded_after < before => {
                 // This caller joined a load that started before an invalidation this caller
@@ -632,17 +638,30 @@ impl Cache {
 
     async fn invalidate_namespace_once(&self, ns: Namespace) {
         self.drop_local_namespace(ns);
+        self.bump_generation(ns).await;
+    }
+
+    /// Moves `ns` to a new shared generation and tells the other instances; on failure the
+    /// namespace is marked dirty, for a replay. Whether it went through.
+    async fn bump_generation(&self, ns: Namespace) -> bool {
         let Some(redis) = self.live_redis(ns) else {
-            return;
+            return false;
         };
         let generation = match redis.cmd().incr::<u64, _>(self.generation_key(ns)).await {
             Ok(g) => g,
-            Err(e) => return self.redis_failed(ns, &e),
+            Err(e) => {
+                self.redis_failed(ns, &e);
+                return false;
+            }
         };
         self.inner.generations[ns.index()].store(generation, Ordering::SeqCst);
         let message = sync::Message::namespace(&self.inner.instance, ns, generation);
-        if let Err(e) = sync::publish(&redis, &message).await {
-            self.redis_failed(ns, &e);
+        match sync::publish(&redis, &message).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.redis_failed(ns, &e);
+                false
+            }
         }
     }
 
@@ -819,8 +838,9 @@ impl Cache {
                     self.inner.stats.lookup(ns, Layer::Redis, true);
                     return RedisCopy::Hit(value, Instant::now() + remaining.min(ttl));
                 }
-                // Expired, or of another shape (written by another version): replaced below.
+                // Expired: replaced below.
                 Some(_) => self.inner.stats.lookup(ns, Layer::Redis, false),
+                // Of another shape (written by another version): replaced below.
                 None => self.inner.stats.error(ns, Layer::Redis, ErrorKind::Decode),
             }
         }
@@ -828,7 +848,8 @@ impl Cache {
         // after its write, which the load then reads; one after it replaces the lease.
         let n = self.inner.leases.fetch_add(1, Ordering::Relaxed) + 1;
         let lease = format!("{TOMBSTONE_MARK}lease.{}.{n}", self.inner.instance);
-        let lease_ms = i64::try_from(self.inner.config.tombstone_ttl.as_millis()).unwrap_or(60_000);
+        let lease_ttl = self.inner.config.tombstone_ttl.as_millis();
+        let lease_ms = i64::try_from(lease_ttl).unwrap_or(i64::MAX / 2);
         let deadline = chrono::Utc::now()
             .timestamp_millis()
             .saturating_add(lease_ms);
@@ -901,20 +922,23 @@ impl Cache {
     }
 }
 
-/// The overlap check of a caller cancelled while in [`Cache::get_or_fill`]'s `try_get_with`
-/// (its request timed out or its client went away), possibly after its load's entry was kept:
-/// if a key invalidation of the namespace came since the load began, the entry is dropped.
-/// Callers that were not cancelled `forget` it and check for themselves.
+/// The overlap check of a caller cancelled in [`Cache::get_or_fill`] after its own load ran
+/// (its request timed out or its client went away), possibly after the entry was kept: if a
+/// key invalidation of the namespace came since the load began, the entry is dropped. A caller
+/// that checked for itself clears `unchecked`.
 struct OverlapGuard<'a> {
     inner: &'a Inner,
     ns: Namespace,
     key: &'a str,
     before: u64,
+    unchecked: &'a AtomicBool,
 }
 
 impl Drop for OverlapGuard<'_> {
     fn drop(&mut self) {
-        if self.inner.invalidations[self.ns.index()].load(Ordering::SeqCst) == self.before {
+        if !self.unchecked.load(Ordering::SeqCst)
+            || self.inner.invalidations[self.ns.index()].load(Ordering::SeqCst) == self.before
+        {
             return;
         }
         let (memory, key) = (self.inner.memory.clone(), self.key.to_owned());

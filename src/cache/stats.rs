@@ -1,4 +1,5 @@
-//! Cache counters: exported as Prometheus metrics and kept in process for [`super::Cache::snapshot`].
+//! Cache counters: exported as Prometheus metrics and kept in process for
+//! [`super::Cache::snapshot`].
 //!
 //! The `metrics` facade cannot be read back, so every event is counted twice: once in the
 //! recorder (for Prometheus) and once in a fixed array of atomics (for the dashboard).

@@ -17,6 +17,10 @@ use crate::redis::Redis;
 const TICK: Duration = Duration::from_millis(250);
 /// The entries gauge is refreshed every this many ticks (5 s).
 const GAUGE_TICKS: u32 = 20;
+/// The most ticks skipped between replays of invalidations Redis keeps refusing while
+/// connected (a read-only replica after a failover, out of memory): 30 s. The number skipped
+/// doubles from one after each refused replay.
+const MAX_REPLAY_SKIP: u32 = 120;
 
 /// One invalidation on the wire (JSON). Exactly one of `key` and `generation` is set.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,6 +117,7 @@ impl Cache {
         };
         let channel = redis.key(CHANNEL);
         let (mut subscribed, mut synced, mut n) = (false, false, 0u32);
+        let (mut replay_skip, mut skipped) = (0u32, 0u32);
         loop {
             tokio::select! {
                 message = messages.recv() => match message {
@@ -145,7 +150,16 @@ impl Cache {
                     if synced {
                         // An invalidation that failed while connected (a timeout, an error
                         // reply) is retried here, not only after a reconnect.
-                        self.replay_dirty().await;
+                        if skipped < replay_skip {
+                            skipped += 1;
+                        } else {
+                            replay_skip = if self.replay_dirty().await {
+                                0
+                            } else {
+                                (replay_skip * 2).clamp(1, MAX_REPLAY_SKIP)
+                            };
+                            skipped = 0;
+                        }
                         continue;
                     }
                     if !subscribed {
@@ -184,20 +198,27 @@ impl Cache {
             self.inner.epochs[ns.index()].fetch_add(1, Ordering::SeqCst);
         }
         self.inner.memory.invalidate_all();
+        // What still fails is retried by the sync loop.
         self.replay_dirty().await;
         Ok(())
     }
 
-    /// Replays each namespace with an invalidation that did not reach Redis as a namespace
-    /// invalidation: the key's old copy may still be in Redis, where every instance reads it. A
-    /// replay that fails marks the namespace dirty again, for the next tick.
-    async fn replay_dirty(&self) {
+    /// Replays each namespace with an invalidation that did not reach Redis as a new shared
+    /// generation: the key's old copy may still be in Redis, where every instance reads it
+    /// (this instance's memory dropped its own copy when the invalidation was made). A replay
+    /// that fails marks the namespace dirty again. Whether every replay went through.
+    async fn replay_dirty(&self) -> bool {
+        let mut all = true;
         for ns in Namespace::ALL {
             if self.inner.dirty[ns.index()].swap(false, Ordering::SeqCst) {
-                tracing::info!(namespace = %ns, "cache invalidation that missed redis replayed for the whole namespace");
-                self.invalidate_namespace_once(ns).await;
+                if self.bump_generation(ns).await {
+                    tracing::info!(namespace = %ns, "cache invalidation that missed redis replayed for the whole namespace");
+                } else {
+                    all = false;
+                }
             }
         }
+        all
     }
 
     /// Applies one message from the channel; malformed or own messages are ignored.

@@ -394,10 +394,10 @@ async fn a_read_after_an_invalidation_does_not_join_a_load_that_started_before_i
     assert_eq!(late.await.unwrap().unwrap(), AFTER);
 }
 
-/// A caller cancelled after its load was kept in memory but before its overlap check (the
-/// await inside `try_get_with` is the only place that can happen, so the guard is driven
-/// directly): the entry goes if a key invalidation of the namespace came since the load began,
-/// and stays otherwise.
+/// A caller cancelled after its load was kept in memory but before its overlap check (inside
+/// moka's awaits, which a test cannot stop at, so the guard is driven directly): the entry goes
+/// if a key invalidation of the namespace came since the load began, and stays otherwise, or
+/// when the caller only joined another caller's load.
 #[tokio::test]
 async fn a_cancelled_callers_overlap_check_still_runs() {
     let cache = cache();
@@ -405,12 +405,13 @@ async fn a_cancelled_callers_overlap_check_still_runs() {
     let ns = Namespace::Profiles;
     let key = cache.memory_key(ns, Scope::Public, "p");
     let counted = |cache: &Cache| cache.inner.invalidations[ns.index()].load(Ordering::SeqCst);
-    let cancelled = |cache: &Cache, before: u64| {
+    let cancelled = |cache: &Cache, before: u64, ran: bool| {
         drop(OverlapGuard {
             inner: &cache.inner,
             ns,
             key: &key,
             before,
+            unchecked: &AtomicBool::new(ran),
         })
     };
     let held = || async {
@@ -421,7 +422,7 @@ async fn a_cancelled_callers_overlap_check_still_runs() {
     };
 
     assert_eq!(load_count(&cache, ns, "p", &loads).await, 0);
-    cancelled(&cache, counted(&cache));
+    cancelled(&cache, counted(&cache), true);
     assert!(
         held().await,
         "no invalidation since the load began: the entry stays"
@@ -429,7 +430,12 @@ async fn a_cancelled_callers_overlap_check_still_runs() {
 
     let before = counted(&cache);
     cache.invalidate(ns, Scope::Public, "another").await;
-    cancelled(&cache, before);
+    cancelled(&cache, before, false);
+    assert!(
+        held().await,
+        "a caller that only joined another's load leaves it alone"
+    );
+    cancelled(&cache, before, true);
     assert!(!held().await, "the overlapped entry is dropped");
     assert_eq!(load_count(&cache, ns, "p", &loads).await, 1);
 }

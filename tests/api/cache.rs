@@ -817,8 +817,9 @@ async fn a_load_overtaken_by_an_invalidation_never_stores_its_old_value_in_redis
 
 /// Redis stays connected but refuses the invalidation's tombstone (here: `SET` denied by ACL;
 /// in production a timeout or an error reply). The key's old copy stays in Redis, where every
-/// instance, this one included, would read it until its TTL: the namespace is invalidated
-/// instead as soon as Redis answers, without waiting for a reconnect.
+/// instance, this one included, would read it until its TTL: the namespace moves to a new
+/// generation as soon as Redis takes it, without waiting for a reconnect, and retries back off
+/// while Redis refuses that too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_refused_by_a_connected_redis_is_replayed_for_its_namespace() {
     if !redis_server_installed() {
@@ -842,7 +843,11 @@ async fn an_invalidation_refused_by_a_connected_redis_is_replayed_for_its_namesp
     .await;
     assert!(stored.is_some(), "the profile reaches Redis");
 
-    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "-set"]), "OK");
+    // The tombstone and, for now, the replay are refused.
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "-set", "-incr"]),
+        "OK"
+    );
     app.request(
         reqwest::Method::PATCH,
         "/api/v1/users/me",
@@ -853,7 +858,17 @@ async fn an_invalidation_refused_by_a_connected_redis_is_replayed_for_its_namesp
     .assert(200);
     let errors = namespace(&app, "profiles").errors;
     assert!(errors > 0, "the refused tombstone is counted");
-    let fresh = within(Duration::from_secs(5), || async {
+    // Replays back off while refused: four in 3 s (ticks 1, 3, 6 and 11 of 250 ms), one more
+    // for timing slack; a replay every tick would be twelve.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replays = namespace(&app, "profiles").errors - errors;
+    assert!(
+        (1..=5).contains(&replays),
+        "{replays} refused replays in 3 s"
+    );
+
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "+incr"]), "OK");
+    let fresh = within(Duration::from_secs(10), || async {
         app.get("/api/v1/users/checker", None).await.body["display_name"] == "Renamed"
     })
     .await;
