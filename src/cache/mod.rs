@@ -600,6 +600,12 @@ impl Cache {
         let Some(redis) = self.live_redis(ns) else {
             return;
         };
+        if !self.inner.listening.load(Ordering::SeqCst) {
+            // Generations are heard of through the listener: this instance's may be outdated,
+            // and its tombstone then misses the key the others read. The namespace moves to a
+            // new generation once this instance listens again.
+            self.inner.dirty[ns.index()].store(true, Ordering::SeqCst);
+        }
         let stored = if ns.shared() {
             let tombstone = format!("{TOMBSTONE_MARK}{}.{n}", self.inner.instance);
             redis

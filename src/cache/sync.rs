@@ -123,7 +123,10 @@ impl Cache {
                 message = messages.recv() => match message {
                     Ok(m) => self.apply_raw(&m.value.as_string().unwrap_or_default()).await,
                     // Messages were dropped: treat as an outage.
-                    Err(RecvError::Lagged(_)) => synced = false,
+                    Err(RecvError::Lagged(_)) => {
+                        synced = false;
+                        self.inner.listening.store(false, Ordering::SeqCst);
+                    }
                     Err(RecvError::Closed) => {
                         tokio::time::sleep(TICK).await;
                         messages = subscriber.message_rx();
@@ -134,8 +137,12 @@ impl Cache {
                         tokio::time::sleep(TICK).await;
                         reconnects = subscriber.reconnect_rx();
                     }
-                    // Anything published while the subscriber was away is lost.
+                    // Anything published while the subscriber was away is lost. fred
+                    // re-subscribes by itself, but that can fail (a refused SUBSCRIBE):
+                    // subscribe again, so `listening` is never claimed unsubscribed.
                     synced = false;
+                    subscribed = false;
+                    self.inner.listening.store(false, Ordering::SeqCst);
                 }
                 _ = tick.tick() => {
                     n = n.wrapping_add(1);

@@ -879,3 +879,88 @@ async fn an_invalidation_refused_by_a_connected_redis_is_replayed_for_its_namesp
     assert_eq!(redis.cli(&["GET", "refused:cache:gen:profiles"]), "1");
     drop(app);
 }
+
+/// Two instances whose invalidation listeners are down while Redis still answers commands.
+/// B moves the profiles to a new generation and caches a profile there; A, which cannot hear of
+/// the new generation, invalidates that profile under the old one. Once both listen again, B
+/// must not serve the copy A's invalidation missed: A's namespace moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_made_while_not_listening_reaches_the_generation_others_read() {
+    use hakikisha::cache::{Cache, CacheConfig, Namespace, Scope};
+    if !redis_server_installed() {
+        return;
+    }
+    let port = free_port();
+    let redis = PrivateRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let instance = || async {
+        let cache = Cache::new(
+            CacheConfig::default(),
+            Some(
+                hakikisha::redis::Redis::connect(&url, "deaf:", Duration::from_secs(1))
+                    .await
+                    .unwrap(),
+            ),
+        );
+        (cache.clone(), tokio::spawn(cache.run_sync()))
+    };
+    let ((a, a_sync), (b, b_sync)) = (instance().await, instance().await);
+    let listening = |on: bool| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            within(Duration::from_secs(10), || async {
+                a.is_listening() == on && b.is_listening() == on
+            })
+            .await
+        }
+    };
+    assert!(listening(true).await.is_some(), "both instances listen");
+
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "-subscribe"]),
+        "OK"
+    );
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(listening(false).await.is_some(), "both listeners are down");
+
+    let ttl = Duration::from_secs(60);
+    let read = |value: &'static str| {
+        let b = b.clone();
+        async move {
+            b.get_or_load(Namespace::Profiles, Scope::Public, "amina", ttl, || async {
+                Ok(value.to_owned())
+            })
+            .await
+            .map(|c| (*c.value).clone())
+            .unwrap()
+        }
+    };
+    b.invalidate_namespace(Namespace::Profiles).await;
+    assert_eq!(read("before the write").await, "before the write");
+    let stored = within(Duration::from_secs(5), || async {
+        !redis.keys("deaf:cache:profiles:1:*").is_empty()
+    })
+    .await;
+    assert!(
+        stored.is_some(),
+        "B's copy is in Redis under the new generation"
+    );
+    a.invalidate(Namespace::Profiles, Scope::Public, "amina")
+        .await;
+
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "+subscribe"]),
+        "OK"
+    );
+    assert!(listening(true).await.is_some(), "both listen again");
+    let fresh = within(Duration::from_secs(5), || async {
+        read("after the write").await == "after the write"
+    })
+    .await;
+    assert!(
+        fresh.is_some(),
+        "B still serves the copy A's invalidation missed"
+    );
+    a_sync.abort();
+    b_sync.abort();
+}
