@@ -81,6 +81,10 @@ if (current or '') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 return 1
 "#;
+/// Key invalidations are counted in this many slots per namespace, by a hash of the key: a load
+/// in flight is overlapped only by invalidations of keys in its slot (its own key, or about one
+/// key in 64 of the others).
+const OVERLAP_SLOTS: usize = 64;
 /// `Cache-Control: max-age` never exceeds this, whatever the remaining TTL: browsers and CDNs
 /// cannot be told about an invalidation.
 pub const MAX_CLIENT_AGE: Duration = Duration::from_secs(60);
@@ -313,9 +317,10 @@ struct Inner {
     generations: [AtomicU64; Namespace::ALL.len()],
     /// Local epoch per namespace, part of memory keys only.
     epochs: [AtomicU64; Namespace::ALL.len()],
-    /// Key invalidations per namespace seen by this instance (its own and other instances').
-    /// A load that overlaps one drops its memory entry; numbers this instance's tombstones.
-    invalidations: [AtomicU64; Namespace::ALL.len()],
+    /// Key invalidations seen by this instance (its own and other instances'), per namespace
+    /// and slot of keys ([`Inner::overlap`]). A load that overlaps one of its slot drops its
+    /// memory entry; they number this instance's tombstones.
+    invalidations: [[AtomicU64; OVERLAP_SLOTS]; Namespace::ALL.len()],
     /// Numbers this instance's leases.
     leases: AtomicU64,
     /// Namespaces with an invalidation that did not reach Redis.
@@ -397,7 +402,7 @@ impl Cache {
                 config,
                 generations: Default::default(),
                 epochs: Default::default(),
-                invalidations: Default::default(),
+                invalidations: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
                 leases: AtomicU64::new(0),
                 dirty: Default::default(),
                 listening: AtomicBool::new(false),
@@ -513,7 +518,7 @@ impl Cache {
             }
         }
         self.inner.stats.lookup(ns, Layer::Memory, false);
-        let invalidations = &self.inner.invalidations[ns.index()];
+        let invalidations = self.inner.overlap(ns, &memory_key);
         let before = invalidations.load(Ordering::SeqCst);
         // Taken by whichever runs it: this caller's own load, or (below) this caller alone.
         let fill = std::sync::Mutex::new(Some(fill));
@@ -522,7 +527,7 @@ impl Cache {
         let unchecked = AtomicBool::new(false);
         let _guard = OverlapGuard {
             inner: &self.inner,
-            ns,
+            invalidations,
             key: &memory_key,
             before,
             unchecked: &unchecked,
@@ -592,11 +597,13 @@ impl Cache {
     }
 
     async fn invalidate_once(&self, ns: Namespace, scope: Scope, key: &str) {
-        let n = self.inner.invalidations[ns.index()].fetch_add(1, Ordering::SeqCst) + 1;
-        self.inner
-            .memory
-            .invalidate(&self.memory_key(ns, scope, key))
-            .await;
+        let memory_key = self.memory_key(ns, scope, key);
+        let n = self
+            .inner
+            .overlap(ns, &memory_key)
+            .fetch_add(1, Ordering::SeqCst)
+            + 1;
+        self.inner.memory.invalidate(&memory_key).await;
         let Some(redis) = self.live_redis(ns) else {
             return;
         };
@@ -934,7 +941,7 @@ impl Cache {
 /// that checked for itself clears `unchecked`.
 struct OverlapGuard<'a> {
     inner: &'a Inner,
-    ns: Namespace,
+    invalidations: &'a AtomicU64,
     key: &'a str,
     before: u64,
     unchecked: &'a AtomicBool,
@@ -943,7 +950,7 @@ struct OverlapGuard<'a> {
 impl Drop for OverlapGuard<'_> {
     fn drop(&mut self) {
         if !self.unchecked.load(Ordering::SeqCst)
-            || self.inner.invalidations[self.ns.index()].load(Ordering::SeqCst) == self.before
+            || self.invalidations.load(Ordering::SeqCst) == self.before
         {
             return;
         }
@@ -951,6 +958,19 @@ impl Drop for OverlapGuard<'_> {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { memory.invalidate(&key).await });
         }
+    }
+}
+
+impl Inner {
+    /// The key invalidation count of `memory_key`'s slot: a hash of its `{scope}:{key}` part
+    /// (after `{ns}:{generation}:{epoch}:`), which a pub/sub message names too.
+    fn overlap(&self, ns: Namespace, memory_key: &str) -> &AtomicU64 {
+        let scoped = memory_key.splitn(4, ':').nth(3).unwrap_or(memory_key);
+        // FNV-1a: a few bytes, on misses and invalidations only.
+        let hash = scoped.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        &self.invalidations[ns.index()][(hash % OVERLAP_SLOTS as u64) as usize]
     }
 }
 

@@ -242,11 +242,11 @@ impl Cache {
         };
         match (message.key, message.generation) {
             (Some(scoped_key), _) => {
-                self.inner.invalidations[ns.index()].fetch_add(1, Ordering::SeqCst);
+                let memory_key = self.memory_key_raw(ns, &scoped_key);
                 self.inner
-                    .memory
-                    .invalidate(&self.memory_key_raw(ns, &scoped_key))
-                    .await;
+                    .overlap(ns, &memory_key)
+                    .fetch_add(1, Ordering::SeqCst);
+                self.inner.memory.invalidate(&memory_key).await;
             }
             (None, Some(generation)) => {
                 self.inner.generations[ns.index()].store(generation, Ordering::SeqCst);

@@ -404,11 +404,11 @@ async fn a_cancelled_callers_overlap_check_still_runs() {
     let loads = AtomicUsize::new(0);
     let ns = Namespace::Profiles;
     let key = cache.memory_key(ns, Scope::Public, "p");
-    let counted = |cache: &Cache| cache.inner.invalidations[ns.index()].load(Ordering::SeqCst);
+    let counted = |cache: &Cache| cache.inner.overlap(ns, &key).load(Ordering::SeqCst);
     let cancelled = |cache: &Cache, before: u64, ran: bool| {
         drop(OverlapGuard {
             inner: &cache.inner,
-            ns,
+            invalidations: cache.inner.overlap(ns, &key),
             key: &key,
             before,
             unchecked: &AtomicBool::new(ran),
@@ -429,7 +429,8 @@ async fn a_cancelled_callers_overlap_check_still_runs() {
     );
 
     let before = counted(&cache);
-    cache.invalidate(ns, Scope::Public, "another").await;
+    // An invalidation of the key's slot that leaves the entry itself in place.
+    cache.inner.overlap(ns, &key).fetch_add(1, Ordering::SeqCst);
     cancelled(&cache, before, false);
     assert!(
         held().await,
@@ -438,4 +439,31 @@ async fn a_cancelled_callers_overlap_check_still_runs() {
     cancelled(&cache, before, true);
     assert!(!held().await, "the overlapped entry is dropped");
     assert_eq!(load_count(&cache, ns, "p", &loads).await, 1);
+}
+
+/// Overlaps are counted per slot of keys, not per namespace: a load in flight while another
+/// key of its namespace (in another slot) is invalidated is kept.
+#[tokio::test]
+async fn an_invalidation_of_another_key_leaves_a_load_in_flight_kept() {
+    let cache = cache();
+    let ns = Namespace::Profiles;
+    let slot = |key: &str| {
+        let key = cache.memory_key(ns, Scope::Public, key);
+        std::ptr::from_ref(cache.inner.overlap(ns, &key))
+    };
+    let other = (0..1000)
+        .map(|i| format!("other-{i}"))
+        .find(|k| slot(k) != slot("amina"))
+        .expect("a key in another slot");
+    let (load, go_tx) = load_held_until_go(&cache, 1).await;
+    cache.invalidate(ns, Scope::Public, &other).await;
+    go_tx.send(()).unwrap();
+    assert_eq!(load.await.unwrap().unwrap(), 1);
+    let next = cache
+        .get_or_load(ns, Scope::Public, "amina", MINUTE, || {
+            std::future::ready(Ok(2u32))
+        })
+        .await
+        .unwrap();
+    assert_eq!((*next.value, next.source), (1, Source::Memory));
 }
